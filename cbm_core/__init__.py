@@ -1,0 +1,39 @@
+"""cbm_core: the engine of the concept-debugging dashboard (UI-agnostic; no streamlit here).
+
+    from cbm_core import load_backbone, ConceptBank, ImageDataset, extract_features, PCBM
+    backbone = load_backbone("ViT-B-32:openai")
+    bank = ConceptBank.from_file("concepts.txt")
+    data = ImageDataset.from_folder("photos/")
+    feats = extract_features(backbone, data, progress_bar=True)
+    model = PCBM(concepts=bank, concept_vectors=bank.embed(backbone), classes=data.classes,
+                 backbone_spec=backbone.spec).fit(feats.embeddings, feats.labels).model_
+    model.save("my_cbm")
+"""
+__version__ = "0.1.0"
+
+from .backbone import Backbone, ImageEncoding, load_backbone, register_model_config
+from .bundle import load_bundle, read_manifest, save_bundle
+from .concepts import ConceptBank, FilterReport
+from .counterfactual import Counterfactual, counterfactual
+from .data import FeatureSet, ImageDataset, ImageRecord, extract_features
+from .edits import EditResult, Metrics, compare, evaluate, prune_concepts, replay, set_weight
+from .errors import (BackboneError, BundleError, CBMError, ConceptError, DatasetError, ImageError,
+                     InterventionError)
+from .images import decode_image
+from .interventions import ConceptChange, Intervention
+from .model import ConceptBottleneckModel, ConceptStats, Explanation
+from .pipeline import EncodedImage, Pipeline
+from .recipes import PCBM, PathPoint, regularization_path
+
+__all__ = [
+    "Backbone", "ImageEncoding", "load_backbone", "register_model_config",
+    "ConceptBank", "FilterReport",
+    "ImageDataset", "ImageRecord", "FeatureSet", "extract_features",
+    "PCBM", "PathPoint", "regularization_path",
+    "ConceptBottleneckModel", "ConceptStats", "Explanation",
+    "Intervention", "ConceptChange", "Counterfactual", "counterfactual",
+    "EditResult", "Metrics", "prune_concepts", "set_weight", "replay", "evaluate", "compare",
+    "save_bundle", "load_bundle", "read_manifest",
+    "Pipeline", "EncodedImage", "decode_image",
+    "CBMError", "ImageError", "ConceptError", "BackboneError", "DatasetError", "BundleError", "InterventionError",
+]

@@ -1,0 +1,255 @@
+"""Datasets and the on-disk feature cache.
+
+Datasets are lists of ``ImageRecord``: from a folder of class sub-folders, from a CSV manifest
+(``path``, ``label``, optional 0/1 concept columns, optional ``group``), or any torch Dataset
+yielding ``(PIL image or (3, H, W) tensor, label)``. ``extract_features`` decodes, preprocesses
+and encodes them once, skipping (and reporting) unreadable images, and caches the result under
+a key made of the backbone's fingerprint, the dataset's fingerprint and the transform.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .backbone import Backbone
+from .errors import DatasetError, ImageError
+from .images import IMAGE_SUFFIXES, decode_image
+
+ProgressFn = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    path: str
+    label: int
+    concepts: tuple[int, ...] | None = None
+    group: str | None = None
+
+
+@dataclass(frozen=True)
+class ImageDataset:
+    """An image list with class names; ``concept_names`` name the 0/1 columns of ``concepts``."""
+
+    records: tuple[ImageRecord, ...]
+    classes: tuple[str, ...]
+    concept_names: tuple[str, ...] = ()
+    name: str = "dataset"
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @classmethod
+    def from_folder(cls, root: str | Path) -> "ImageDataset":
+        """``root/<class name>/<image>``; classes sorted by name."""
+        root = Path(root)
+        if not root.is_dir():
+            raise DatasetError(f"Dataset folder '{root}' does not exist.")
+        classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if not classes:
+            raise DatasetError(f"'{root}' has no class sub-folders. Arrange images as {root}/<class>/<image>.")
+        records = []
+        for label, cls_name in enumerate(classes):
+            for p in sorted((root / cls_name).rglob("*")):
+                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
+                    records.append(ImageRecord(str(p), label))
+        if not records:
+            raise DatasetError(f"No images ({', '.join(sorted(IMAGE_SUFFIXES))}) found under '{root}'.")
+        return cls(tuple(records), tuple(classes), name=root.name)
+
+    @classmethod
+    def from_csv(cls, manifest: str | Path, *, path_column: str = "path", label_column: str = "label",
+                 group_column: str = "group", split_column: str = "split", split: str | None = None,
+                 concept_columns: Sequence[str] | None = None) -> "ImageDataset":
+        """A CSV manifest. Paths are relative to the CSV's folder. Concept columns default to every
+        column whose values are all 0/1 besides the known ones; ``split`` keeps rows of one split."""
+        manifest = Path(manifest)
+        if not manifest.is_file():
+            raise DatasetError(f"Manifest '{manifest}' does not exist.")
+        with manifest.open(newline="", encoding="utf-8-sig") as f:
+            rows = list(csv.DictReader(f))
+        if not rows:
+            raise DatasetError(f"Manifest '{manifest.name}' has no rows.")
+        for col in (path_column, label_column):
+            if col not in rows[0]:
+                raise DatasetError(f"Manifest '{manifest.name}' needs a '{col}' column (found: {', '.join(rows[0])}).")
+        if split is not None:
+            if split_column not in rows[0]:
+                raise DatasetError(f"Manifest '{manifest.name}' has no '{split_column}' column to pick split '{split}'.")
+            rows = [r for r in rows if r[split_column] == split]
+            if not rows:
+                raise DatasetError(f"Manifest '{manifest.name}' has no rows with {split_column}={split}.")
+        known = {path_column, label_column, group_column, split_column}
+        if concept_columns is None:
+            concept_columns = [c for c in rows[0] if c not in known and all(r[c] in ("0", "1") for r in rows)]
+        classes = sorted({r[label_column] for r in rows})
+        index = {c: i for i, c in enumerate(classes)}
+        base = manifest.parent
+        records = tuple(ImageRecord(
+            str((base / r[path_column]).resolve()) if not Path(r[path_column]).is_absolute() else r[path_column],
+            index[r[label_column]],
+            tuple(int(r[c]) for c in concept_columns) if concept_columns else None,
+            r.get(group_column) or None) for r in rows)
+        return cls(records, tuple(classes), tuple(concept_columns), name=manifest.stem + (f"-{split}" if split else ""))
+
+    def fingerprint(self) -> str:
+        """Changes when any file, label, group or the class list changes."""
+        h = hashlib.sha256(json.dumps(self.classes).encode())
+        for r in self.records:
+            try:
+                st = os.stat(r.path)
+                stamp = f"{st.st_size}:{st.st_mtime_ns}"
+            except OSError:
+                stamp = "missing"
+            h.update(f"{r.path}|{stamp}|{r.label}|{r.group}\n".encode())
+        return h.hexdigest()[:20]
+
+    @property
+    def labels(self) -> torch.Tensor:
+        return torch.tensor([r.label for r in self.records], dtype=torch.long)
+
+
+@dataclass(frozen=True)
+class FeatureSet:
+    """Encoded images. embeddings: (N, D); labels: (N,); ``kept`` indexes the dataset's records
+    that were encoded; ``skipped`` lists ``(path, reason)`` for the others."""
+
+    embeddings: torch.Tensor
+    labels: torch.Tensor
+    kept: torch.Tensor
+    skipped: tuple[tuple[str, str], ...] = ()
+    groups: tuple[str, ...] | None = None
+    concept_labels: torch.Tensor | None = None
+    from_cache: bool = field(default=False, compare=False)
+
+
+class _Decoded(torch.utils.data.Dataset):
+    """Decodes and preprocesses in DataLoader workers; a failure becomes a report, not a crash."""
+
+    def __init__(self, source, preprocess):
+        self.source, self.preprocess = source, preprocess
+
+    def __len__(self):
+        return len(self.source)
+
+    def __getitem__(self, i):
+        try:
+            if isinstance(self.source, ImageDataset):
+                record = self.source.records[i]
+                return i, self.preprocess(decode_image(record.path)), record.label, ""
+            image, label = self.source[i]
+            pixels = image if isinstance(image, torch.Tensor) else self.preprocess(_ensure_rgb(image))
+            return i, pixels, int(label), ""
+        except ImageError as exc:
+            return i, None, -1, str(exc)
+        except Exception as exc:  # a broken item must not end a long extraction
+            return i, None, -1, f"{type(exc).__name__}: {exc}"
+
+
+def _ensure_rgb(image):
+    return image if getattr(image, "mode", "RGB") == "RGB" else image.convert("RGB")
+
+
+def _collate(items):
+    ok = [it for it in items if it[1] is not None]
+    failed = [(it[0], it[3]) for it in items if it[1] is None]
+    pixels = torch.stack([it[1] for it in ok]) if ok else None
+    return [it[0] for it in ok], pixels, [it[2] for it in ok], failed
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("CBM_CACHE_DIR")
+    return (Path(base) if base else Path.home() / ".cache" / "cbm_core") / "features"
+
+
+def extract_features(backbone: Backbone, dataset, *, batch_size: int = 64, num_workers: int | None = None,
+                     cache_dir: str | Path | None = None, use_cache: bool = True, fingerprint: str | None = None,
+                     progress: ProgressFn | None = None, progress_bar: bool = False) -> FeatureSet:
+    """Encode every image of ``dataset`` (an ``ImageDataset`` or a torch Dataset).
+
+    Cached on disk when the dataset can be fingerprinted (an ``ImageDataset``, or pass
+    ``fingerprint`` for a torch Dataset). ``progress(done, total)`` is called after each batch.
+    """
+    is_records = isinstance(dataset, ImageDataset)
+    fp = dataset.fingerprint() if is_records else fingerprint
+    cache_file = None
+    if use_cache and fp is not None:
+        key = hashlib.sha256(f"{backbone.fingerprint}|{backbone.precision}|{fp}|{backbone.preprocess!r}".encode())
+        cache_file = Path(cache_dir or default_cache_dir()) / f"{key.hexdigest()[:24]}.safetensors"
+        if cache_file.is_file():
+            cached = _read_cache(cache_file, dataset if is_records else None)
+            if cached is not None:
+                if progress:
+                    progress(len(dataset), len(dataset))
+                return cached
+    total = len(dataset)
+    if total == 0:
+        raise DatasetError("The dataset is empty.")
+    if num_workers is None:
+        num_workers = min(4, max(0, (os.cpu_count() or 1) - 1)) if total > 256 else 0
+    loader = torch.utils.data.DataLoader(
+        _Decoded(dataset, backbone.preprocess), batch_size=batch_size, num_workers=num_workers,
+        collate_fn=_collate, pin_memory=backbone.device.type == "cuda",
+        persistent_workers=False, prefetch_factor=4 if num_workers else None)
+    bar = None
+    if progress_bar:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, desc="Encoding images", unit="img")
+    embeddings, labels, kept, skipped, done = [], [], [], [], 0
+    for indices, pixels, batch_labels, failed in loader:
+        if pixels is not None:
+            embeddings.append(backbone.encode_images(pixels, batch_size=len(pixels)).embeddings)
+            labels += batch_labels
+            kept += indices
+        for i, reason in failed:
+            skipped.append((dataset.records[i].path if is_records else f"item {i}", reason))
+        done += len(indices) + len(failed)
+        if bar:
+            bar.update(len(indices) + len(failed))
+        if progress:
+            progress(done, total)
+    if bar:
+        bar.close()
+    if not kept:
+        raise DatasetError(f"None of the {total} images could be read; first problem: {skipped[0][1]}")
+    feats = _with_metadata(dataset if is_records else None, torch.cat(embeddings), torch.tensor(labels),
+                           torch.tensor(kept), tuple(skipped))
+    if cache_file is not None:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_suffix(".tmp")
+        save_file({"embeddings": feats.embeddings, "labels": feats.labels, "kept": feats.kept}, str(tmp),
+                  metadata={"skipped": json.dumps(list(feats.skipped)), "backbone": backbone.spec})
+        tmp.replace(cache_file)
+    return feats
+
+
+def _with_metadata(dataset: ImageDataset | None, embeddings, labels, kept, skipped, from_cache=False) -> FeatureSet:
+    groups = concept_labels = None
+    if dataset is not None:
+        recs = [dataset.records[i] for i in kept.tolist()]
+        if recs and all(r.group is not None for r in recs):
+            groups = tuple(r.group for r in recs)
+        if recs and all(r.concepts is not None for r in recs):
+            concept_labels = torch.tensor([r.concepts for r in recs], dtype=torch.float32)
+    return FeatureSet(embeddings, labels, kept, skipped, groups, concept_labels, from_cache)
+
+
+def _read_cache(path: Path, dataset: ImageDataset | None) -> FeatureSet | None:
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+        t = load_file(str(path))
+        skipped = tuple(tuple(x) for x in json.loads(meta.get("skipped", "[]")))
+        return _with_metadata(dataset, t["embeddings"], t["labels"], t["kept"], skipped, from_cache=True)
+    except Exception:  # a damaged cache entry is recomputed, never trusted
+        return None

@@ -1,0 +1,35 @@
+"""Errors a user can act on.
+
+Every error the engine raises on bad input is a ``CBMError``: its message says what was wrong,
+with which file / concept / image, and what to do. The app shows the message as it is; the CLI
+prints it without a traceback.
+"""
+from __future__ import annotations
+
+
+class CBMError(Exception):
+    """Base class for every user-facing error of cbm_core."""
+
+
+class ImageError(CBMError):
+    """An image could not be decoded safely (corrupt, empty, too large, unsupported)."""
+
+
+class ConceptError(CBMError):
+    """A concept list is unusable (empty, blank, duplicated or over-long entries)."""
+
+
+class BackboneError(CBMError):
+    """A backbone spec is unknown, or its weights cannot be found."""
+
+
+class DatasetError(CBMError):
+    """A dataset folder or manifest is unusable."""
+
+
+class BundleError(CBMError):
+    """A bundle is missing files, tampered with, unsafe, or from an unknown format version."""
+
+
+class InterventionError(CBMError):
+    """An intervention names an unknown concept or an invalid value."""

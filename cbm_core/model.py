@@ -1,0 +1,256 @@
+"""The concept bottleneck model: concept layer + linear head over named concepts.
+
+    embedding e (D,) ─ cosine with concept vectors ─> raw scores s (K,)
+      ─ standardise with training stats ─> z = (s - mean) / std (K,)
+      ─ linear head ─> logits = W z + b  [+ R e for PCBM-h]  (C,)
+
+Because the head is linear over named concepts, ``logit_c = sum_k W[c, k] z_k + b_c + r_c``
+exactly; ``W[c, k] z_k`` is concept k's contribution to class c, and ``r_c`` the residual's.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Sequence
+
+import torch
+
+from .concepts import ConceptBank
+from .errors import ConceptError
+from .interventions import Intervention
+
+QUANTILE_LEVELS = torch.linspace(0.0, 100.0, 101)
+
+
+@dataclass(frozen=True, eq=False)
+class ConceptStats:
+    """Training-split distribution of each concept's raw score.
+
+    mean, std: (K,); quantiles: (101, K) — the 0th, 1st, ..., 100th percentiles.
+    """
+
+    names: tuple[str, ...]
+    mean: torch.Tensor
+    std: torch.Tensor
+    quantiles: torch.Tensor
+
+    @classmethod
+    def from_scores(cls, names: Sequence[str], scores: torch.Tensor) -> "ConceptStats":
+        """scores: (N, K) raw training scores."""
+        scores = scores.float()
+        std = scores.std(dim=0, unbiased=False).clamp_min(1e-6)
+        quantiles = torch.quantile(scores, QUANTILE_LEVELS / 100.0, dim=0)
+        return cls(tuple(names), scores.mean(dim=0), std, quantiles)
+
+    def index(self, name: str) -> int:
+        try:
+            return self.names.index(name)
+        except ValueError:
+            raise ConceptError(f"Unknown concept '{name}'.") from None
+
+    def value_at(self, k: int, percentile: float) -> float:
+        """The raw score at ``percentile`` (0-100) of concept k, interpolated."""
+        return float(_interp(torch.tensor([float(percentile)]), QUANTILE_LEVELS, self.quantiles[:, k])[0])
+
+    def percentile_of(self, scores: torch.Tensor) -> torch.Tensor:
+        """Percentile (0-100) of each raw score in the training distribution; scores: (..., K)."""
+        K = scores.shape[-1]
+        values = scores.float().reshape(-1, K).T.contiguous()  # (K, M)
+        q = self.quantiles.T.contiguous()  # (K, 101)
+        idx = torch.searchsorted(q, values, right=True).clamp(1, q.shape[1] - 1)
+        x0, x1 = q.gather(1, idx - 1), q.gather(1, idx)
+        y0, y1 = QUANTILE_LEVELS[idx - 1], QUANTILE_LEVELS[idx]
+        t = torch.where(x1 > x0, (values - x0) / (x1 - x0).clamp_min(1e-12), torch.full_like(values, 0.5))
+        pct = y0 + t.clamp(0, 1) * (y1 - y0)
+        pct = torch.where(values < q[:, :1], 0.0, torch.where(values > q[:, -1:], 100.0, pct))
+        return pct.T.reshape(scores.shape)
+
+    def subset(self, keep: Sequence[int]) -> "ConceptStats":
+        keep = list(keep)
+        return ConceptStats(tuple(self.names[i] for i in keep), self.mean[keep], self.std[keep], self.quantiles[:, keep])
+
+
+def _interp(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.Tensor:
+    """Monotone piecewise-linear interpolation (np.interp) that tolerates repeated xp."""
+    idx = torch.searchsorted(xp.contiguous(), x.contiguous(), right=True).clamp(1, len(xp) - 1)
+    x0, x1 = xp[idx - 1], xp[idx]
+    y0, y1 = fp[idx - 1], fp[idx]
+    t = torch.where(x1 > x0, (x - x0) / (x1 - x0).clamp_min(1e-12), torch.full_like(x, 0.5))
+    return (y0 + t.clamp(0, 1) * (y1 - y0)).where(x >= xp[0], fp[0]).where(x <= xp[-1], fp[-1])
+
+
+@dataclass(frozen=True, eq=False)
+class Explanation:
+    """Everything about a batch of N images under a model (and optional intervention).
+
+    scores, percentiles, z: (N, K); logits, probs: (N, C); residual: (N, C) or None
+    (the part of each logit carried by the PCBM-h residual head); weight: (C, K); bias: (C,).
+    """
+
+    concept_names: tuple[str, ...]
+    class_names: tuple[str, ...]
+    scores: torch.Tensor
+    percentiles: torch.Tensor
+    z: torch.Tensor
+    weight: torch.Tensor
+    bias: torch.Tensor
+    residual: torch.Tensor | None
+    logits: torch.Tensor
+    probs: torch.Tensor
+
+    @property
+    def predicted(self) -> torch.Tensor:
+        """(N,) index of the winning class."""
+        return self.logits.argmax(dim=-1)
+
+    def top_classes(self, k: int = 5) -> torch.Tensor:
+        """(N, k) class indices by decreasing probability."""
+        return self.probs.topk(min(k, self.probs.shape[-1]), dim=-1).indices
+
+    def contributions(self, class_index: int | None = None) -> torch.Tensor:
+        """Per-concept contributions ``W[c, k] z_k``: (N, C, K), or (N, K) for one class."""
+        if class_index is None:
+            return self.z[:, None, :] * self.weight[None, :, :]
+        return self.z * self.weight[class_index][None, :]
+
+    def residual_share(self) -> torch.Tensor:
+        """(N,) share of the predicted class's |logit parts| carried by the residual head (0 without one)."""
+        if self.residual is None:
+            return torch.zeros(len(self.logits))
+        pred = self.predicted
+        rows = torch.arange(len(pred))
+        concept_part = self.contributions()[rows, pred].abs().sum(-1)
+        res = self.residual[rows, pred].abs()
+        return res / (res + concept_part).clamp_min(1e-12)
+
+    def to_frame(self, index: int = 0, class_index: int | None = None):
+        """One image's concepts as a table: score, percentile, standardised score, contribution
+        to ``class_index`` (default: the predicted class), sorted by |contribution|."""
+        import pandas as pd
+
+        c = int(self.predicted[index]) if class_index is None else class_index
+        contrib = self.contributions(c)[index]
+        frame = pd.DataFrame({
+            "concept": self.concept_names,
+            "score": self.scores[index].numpy(),
+            "percentile": self.percentiles[index].numpy(),
+            "z": self.z[index].numpy(),
+            "weight": self.weight[c].numpy(),
+            "contribution": contrib.numpy(),
+        })
+        frame.attrs["class"] = self.class_names[c]
+        return frame.reindex(frame.contribution.abs().sort_values(ascending=False).index).reset_index(drop=True)
+
+    def classes_frame(self, index: int = 0, k: int = 5):
+        import pandas as pd
+
+        top = self.top_classes(k)[index]
+        return pd.DataFrame({"class": [self.class_names[i] for i in top],
+                             "probability": self.probs[index, top].numpy(),
+                             "logit": self.logits[index, top].numpy()})
+
+
+@dataclass(frozen=True, eq=False)
+class ConceptBottleneckModel:
+    """A fitted CBM. Immutable: edits return a new model with an extra edit-log entry.
+
+    concept_vectors: (K, D) unit norm; weight: (C, K) over standardised scores; bias: (C,);
+    residual_weight: (C, D) or None (PCBM-h).
+    """
+
+    backbone_spec: str
+    concepts: ConceptBank
+    concept_vectors: torch.Tensor
+    classes: tuple[str, ...]
+    stats: ConceptStats
+    weight: torch.Tensor
+    bias: torch.Tensor
+    residual_weight: torch.Tensor | None = None
+    templates: tuple[str, ...] = ("{}",)
+    recipe: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+    edit_log: tuple[dict, ...] = ()
+    created: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        K, C = len(self.concepts), len(self.classes)
+        checks = [("concept_vectors", self.concept_vectors.shape[0], K), ("weight", tuple(self.weight.shape), (C, K)),
+                  ("bias", tuple(self.bias.shape), (C,)), ("stats", len(self.stats.names), K)]
+        if self.residual_weight is not None:
+            checks.append(("residual_weight", self.residual_weight.shape[0], C))
+        for name, got, want in checks:
+            if got != want:
+                raise ValueError(f"{name} has shape {got}; expected {want} for {K} concepts and {C} classes.")
+
+    @property
+    def n_concepts(self) -> int:
+        return len(self.concepts)
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.concept_vectors.shape[1])
+
+    def concept_scores(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """Raw scores, (N, K): cosine of unit-norm embeddings (N, D) with the concept vectors."""
+        if embeddings.ndim != 2 or embeddings.shape[1] != self.embed_dim:
+            raise ValueError(f"embeddings must be (N, {self.embed_dim}); got {tuple(embeddings.shape)}. "
+                             f"Was it encoded with this model's backbone ({self.backbone_spec})?")
+        return embeddings.float() @ self.concept_vectors.T
+
+    def standardize(self, scores: torch.Tensor) -> torch.Tensor:
+        return (scores - self.stats.mean) / self.stats.std
+
+    def head(self, scores: torch.Tensor, embeddings: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (N, C) from raw scores (N, K); the residual needs the embeddings (N, D)."""
+        logits = self.standardize(scores) @ self.weight.T + self.bias
+        if self.residual_weight is not None:
+            if embeddings is None:
+                raise ValueError("This model has a residual head (PCBM-h): pass the embeddings too.")
+            logits = logits + embeddings.float() @ self.residual_weight.T
+        return logits
+
+    def explain_features(self, embeddings: torch.Tensor, intervention: Intervention | None = None,
+                         scores: torch.Tensor | None = None) -> Explanation:
+        """Explain encoded images, embeddings: (N, D). ``scores`` (N, K) may be passed to skip
+        recomputing them (e.g. a cached single image under many interventions)."""
+        scores = self.concept_scores(embeddings) if scores is None else scores
+        if intervention:
+            scores = intervention.apply(scores, self.stats)
+        z = self.standardize(scores)
+        residual = embeddings.float() @ self.residual_weight.T if self.residual_weight is not None else None
+        logits = z @ self.weight.T + self.bias + (residual if residual is not None else 0.0)
+        return Explanation(self.concepts.names, self.classes, scores, self.stats.percentile_of(scores), z,
+                           self.weight, self.bias, residual, logits, logits.softmax(dim=-1))
+
+    def predict(self, embeddings: torch.Tensor) -> torch.Tensor:
+        return self.head(self.concept_scores(embeddings), embeddings).argmax(dim=-1)
+
+    def predict_proba(self, embeddings: torch.Tensor) -> torch.Tensor:
+        return self.head(self.concept_scores(embeddings), embeddings).softmax(dim=-1)
+
+    def sparsity(self) -> dict:
+        """% non-zero weights and NEC (mean number of non-zero concept weights per class)."""
+        nz = self.weight != 0
+        return {"nonzero_fraction": float(nz.float().mean()), "nec": float(nz.sum(dim=1).float().mean()),
+                "concepts_used": int(nz.any(dim=0).sum())}
+
+    def class_index(self, name: str) -> int:
+        try:
+            return self.classes.index(name)
+        except ValueError:
+            raise ConceptError(f"Unknown class '{name}'. Classes: {', '.join(self.classes[:10])}...") from None
+
+    def with_changes(self, **changes) -> "ConceptBottleneckModel":
+        return replace(self, **changes)
+
+    # bundle I/O lives in bundle.py; these keep save/load symmetric on the model itself.
+    def save(self, path, overwrite: bool = False):
+        """Save as a bundle folder, or a zip when ``path`` ends in ``.zip``; returns the path."""
+        from .bundle import save_bundle
+
+        return save_bundle(self, path, overwrite=overwrite)
+
+    @classmethod
+    def load(cls, path) -> "ConceptBottleneckModel":
+        from .bundle import load_bundle
+
+        return load_bundle(path)

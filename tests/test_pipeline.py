@@ -1,0 +1,55 @@
+import io
+
+import pytest
+import torch
+
+from cbm_core.concepts import ConceptBank
+from cbm_core.errors import BackboneError, ImageError
+from cbm_core.interventions import Intervention
+from cbm_core.model import ConceptBottleneckModel, ConceptStats
+from cbm_core.pipeline import Pipeline
+from helpers import shape_image
+
+
+def _model_for(bb):
+    bank = ConceptBank(("red", "blue", "round"))
+    vectors = bank.embed(bb)
+    g = torch.Generator().manual_seed(0)
+    train = torch.nn.functional.normalize(torch.randn(50, bb.embed_dim, generator=g), dim=1)
+    return ConceptBottleneckModel(bb.spec, bank, vectors, ("a", "b"), ConceptStats.from_scores(bank.names, train @ vectors.T),
+                                  torch.randn(2, 3, generator=g), torch.zeros(2))
+
+
+def _png(img):
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("fixture", ["tiny_vit", "tiny_rn"])
+def test_explain_bytes_and_paths_agree_and_are_cached(fixture, request, tmp_path):
+    bb = request.getfixturevalue(fixture)
+    pipe = Pipeline(bb, _model_for(bb))
+    img = shape_image("red", 1)
+    img.save(tmp_path / "x.png")
+    a = pipe.explain(_png(img))
+    b = pipe.explain(str(tmp_path / "x.png"))
+    torch.testing.assert_close(a.logits, b.logits)
+    enc = pipe.encode(_png(img))
+    assert enc is pipe.encode(_png(img)) and enc.spatial is not None and enc.size == (48, 48)
+    off = pipe.explain(_png(img), Intervention().ablate("red"))
+    k = 0
+    torch.testing.assert_close(a.logits - off.logits, a.contributions()[:, :, k])
+
+
+def test_bad_upload_raises_and_keeps_the_cache(tiny_vit):
+    pipe = Pipeline(tiny_vit, _model_for(tiny_vit))
+    pipe.encode(_png(shape_image("blue", 2)))
+    with pytest.raises(ImageError):
+        pipe.explain(b"\x89PNG\r\n\x1a\n broken")
+    assert len(pipe._cache) == 1
+
+
+def test_backbone_model_mismatch(tiny_vit, hand_model):
+    with pytest.raises(BackboneError, match="6-d"):
+        Pipeline(tiny_vit, hand_model[0])
