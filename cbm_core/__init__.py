@@ -16,24 +16,30 @@ from .bundle import load_bundle, read_manifest, save_bundle
 from .concepts import ConceptBank, FilterReport
 from .counterfactual import Counterfactual, counterfactual
 from .data import FeatureSet, ImageDataset, ImageRecord, extract_features
-from .edits import EditResult, Metrics, compare, evaluate, prune_concepts, replay, set_weight
+from .edits import EditResult, prune_concepts, replay, set_weight
+from .evaluation import Metrics, compare, confusion_matrix, cooccurrence_warnings, evaluate, random_concept_baseline
 from .errors import (BackboneError, BundleError, CBMError, ConceptError, DatasetError, ImageError,
                      InterventionError)
 from .images import decode_image
+from .overlay import overlay
 from .interventions import ConceptChange, Intervention
 from .model import ConceptBottleneckModel, ConceptStats, Explanation
-from .pipeline import EncodedImage, Pipeline
+from .pipeline import EncodedImage, EncodingCache, Pipeline
 from .recipes import PCBM, PathPoint, regularization_path
+from .build import BuildResult, build_cbm
+from .saliency import DenseConceptMaps, GradCAM, Occlusion, SaliencyMaps, class_maps
 
 __all__ = [
     "Backbone", "ImageEncoding", "load_backbone", "register_model_config",
     "ConceptBank", "FilterReport",
     "ImageDataset", "ImageRecord", "FeatureSet", "extract_features",
-    "PCBM", "PathPoint", "regularization_path",
+    "PCBM", "PathPoint", "regularization_path", "build_cbm", "BuildResult",
+    "DenseConceptMaps", "GradCAM", "Occlusion", "SaliencyMaps", "class_maps",
     "ConceptBottleneckModel", "ConceptStats", "Explanation",
     "Intervention", "ConceptChange", "Counterfactual", "counterfactual",
-    "EditResult", "Metrics", "prune_concepts", "set_weight", "replay", "evaluate", "compare",
+    "EditResult", "prune_concepts", "set_weight", "replay",
+    "Metrics", "evaluate", "compare", "confusion_matrix", "cooccurrence_warnings", "random_concept_baseline",
     "save_bundle", "load_bundle", "read_manifest",
-    "Pipeline", "EncodedImage", "decode_image",
+    "Pipeline", "EncodedImage", "EncodingCache", "decode_image", "overlay",
     "CBMError", "ImageError", "ConceptError", "BackboneError", "DatasetError", "BundleError", "InterventionError",
 ]

@@ -176,6 +176,8 @@ class Backbone:
         self.embed_dim = int(getattr(visual, "output_dim", 0) or model.text_projection.shape[-1])
         size = getattr(visual, "image_size", 224)
         self.image_size = (size, size) if isinstance(size, int) else tuple(size)
+        cfg = getattr(visual, "preprocess_cfg", None) or {}
+        self.resize_mode = cfg.get("resize_mode", "shortest") if isinstance(cfg, dict) else "shortest"
         self._text_cache: dict[str, torch.Tensor] = {}
         self._lock = threading.Lock()
 
@@ -243,15 +245,16 @@ class Backbone:
 
 
 def export_local_dir(model: torch.nn.Module, model_cfg: dict, folder: str | Path,
-                     preprocess_cfg: dict | None = None) -> Path:
+                     preprocess_cfg: dict | None = None, half: bool = False) -> Path:
     """Save an open_clip model as a folder that ``load_backbone('local-dir:<folder>')`` loads:
-    ``open_clip_config.json`` + ``open_clip_model.safetensors`` (fp32 or as stored)."""
+    ``open_clip_config.json`` + ``open_clip_model.safetensors`` (fp16 when ``half``)."""
     from safetensors.torch import save_file
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     config = {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg or {}}
     (folder / "open_clip_config.json").write_text(json.dumps(config, indent=2))
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    state = {k: (v.half() if half and v.is_floating_point() else v).contiguous() for k, v in state.items()}
     save_file(state, str(folder / "open_clip_model.safetensors"))
     return folder

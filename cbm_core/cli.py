@@ -38,46 +38,35 @@ def _features(backbone, dataset, quiet: bool):
 
 def cmd_build(args) -> None:
     from .backbone import load_backbone
+    from .build import build_cbm
     from .concepts import ConceptBank
-    from .edits import evaluate
-    from .recipes.pcbm import PCBM
 
     bank = ConceptBank.from_file(args.concepts)
     backbone = load_backbone(args.backbone, device=args.device, precision=args.precision)
     train = _dataset(args.data, args.train_split)
-    templates = args.template or ["{}"]
-    vectors = bank.embed(backbone, templates)
-    if args.dedupe is not None:
-        bank, vectors, report = bank.filter_near_duplicates(vectors, args.dedupe)
-        for name, why in report.removed:
-            print(f"removed concept '{name}': {why}", file=sys.stderr)
-    if args.class_similarity is not None:
-        class_vectors = backbone.embed_prompts(train.classes, templates)
-        bank, vectors, report = bank.filter_class_similar(vectors, class_vectors, train.classes, args.class_similarity)
-        for name, why in report.removed:
-            print(f"removed concept '{name}': {why}", file=sys.stderr)
-    feats = _features(backbone, train, args.quiet)
-    if args.val:
-        val = _dataset(args.val, args.val_split)
-        if val.classes != train.classes:
-            raise CBMError(f"Validation classes {val.classes} differ from training classes {train.classes}.")
-        vfeats = _features(backbone, val, args.quiet)
-        tr_x, tr_y, va_x, va_y, va_g = feats.embeddings, feats.labels, vfeats.embeddings, vfeats.labels, vfeats.groups
-    else:  # hold out a fixed, seeded 20% for validation metrics
-        perm = torch.randperm(len(feats.labels), generator=torch.Generator().manual_seed(0))
-        n_val = max(1, len(perm) // 5)
-        va, tr = perm[:n_val], perm[n_val:]
-        tr_x, tr_y, va_x, va_y = feats.embeddings[tr], feats.labels[tr], feats.embeddings[va], feats.labels[va]
-        va_g = tuple(feats.groups[i] for i in va.tolist()) if feats.groups else None
-    est = PCBM(concepts=bank, concept_vectors=vectors, classes=train.classes, backbone_spec=args.backbone,
-               templates=templates, lam=args.lam, residual=args.residual).fit(tr_x, tr_y)
-    metrics = evaluate(est.model_, va_x, va_y, va_g)
-    model = est.model_.with_changes(metrics={**est.model_.metrics, "val_accuracy": metrics.accuracy,
-                                             "val_worst_group": metrics.worst_group, **est.model_.sparsity(),
-                                             "n_train": int(len(tr_y)), "n_val": int(len(va_y)),
-                                             "skipped_images": len(feats.skipped)})
-    out = model.save(args.out, overwrite=args.overwrite)
-    print(json.dumps({"bundle": str(out), **{k: v for k, v in model.metrics.items()}}, indent=2))
+    val = _dataset(args.val, args.val_split) if args.val else None
+    bars = {}
+
+    def progress(stage: str, fraction: float) -> None:
+        if args.quiet or not stage.startswith("encoding"):
+            return
+        from tqdm.auto import tqdm
+
+        bar = bars.setdefault(stage, tqdm(total=100, desc=stage, unit="%"))
+        bar.n = int(fraction * 100)
+        bar.refresh()
+
+    result = build_cbm(backbone, train, bank, val=val, templates=args.template or ["{}"], lam=args.lam,
+                       residual=args.residual, dedupe=args.dedupe, class_similarity=args.class_similarity,
+                       progress=progress)
+    for bar in bars.values():
+        bar.close()
+    for name, why in result.removed_concepts.removed:
+        print(f"removed concept '{name}': {why}", file=sys.stderr)
+    for path, reason in result.skipped_images:
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    out = result.model.save(args.out, overwrite=args.overwrite)
+    print(json.dumps({"bundle": str(out), **result.model.metrics}, indent=2))
 
 
 def _load_pipeline(args):
@@ -119,7 +108,7 @@ def cmd_predict(args) -> None:
 def cmd_evaluate(args) -> None:
     from .backbone import load_backbone
     from .bundle import load_bundle
-    from .edits import evaluate
+    from .evaluation import evaluate
 
     model = load_bundle(args.bundle)
     backbone = load_backbone(model.backbone_spec, device=args.device, precision=args.precision)
@@ -137,7 +126,8 @@ def _check_classes(model, data) -> None:
 
 def cmd_edit(args) -> None:
     from .bundle import load_bundle
-    from .edits import compare, prune_concepts
+    from .edits import prune_concepts
+    from .evaluation import compare
 
     model = load_bundle(args.bundle)
     result = prune_concepts(model, args.prune, args.only_class or None)

@@ -20,12 +20,12 @@ from .model import ConceptBottleneckModel
 @dataclass(frozen=True)
 class Counterfactual:
     """``intervention`` makes ``target`` win when ``success``; ``changes`` lists
-    ``(concept, old raw score, new raw score)``; probabilities before and after."""
+    ``(concept, old raw score, new raw score, new percentile)``; probabilities before and after."""
 
     target: str
     success: bool
     intervention: Intervention
-    changes: tuple[tuple[str, float, float], ...]
+    changes: tuple[tuple[str, float, float, float], ...]
     probs_before: torch.Tensor
     probs_after: torch.Tensor
 
@@ -48,10 +48,12 @@ def counterfactual(model: ConceptBottleneckModel, embedding: torch.Tensor, targe
     lo = torch.tensor([model.stats.value_at(k, low) for k in range(K)])
     hi = torch.tensor([model.stats.value_at(k, high) for k in range(K)])
     candidates = torch.stack([lo, hi])  # (2, K) raw values
+    levels = (float(low), float(high))
     W, std = model.weight, model.stats.std
     current = scores.clone()
     logits = logits0.clone()
     chosen: dict[int, float] = {}
+    chosen_pct: dict[int, float] = {}
     limit = K if max_changes is None else max_changes
     while _margin(logits, t) <= 0 and len(chosen) < limit:
         dz = (candidates - current[None, :]) / std[None, :]  # (2, K)
@@ -64,6 +66,7 @@ def counterfactual(model: ConceptBottleneckModel, embedding: torch.Tensor, targe
         if m.view(-1)[best] <= _margin(logits, t) + 1e-9:
             break  # nothing helps any more
         chosen[k] = float(candidates[side, k])
+        chosen_pct[k] = levels[side]
         logits = trial[side, k]
         current[k] = candidates[side, k]
     success = bool(_margin(logits, t) > 0)
@@ -75,9 +78,9 @@ def counterfactual(model: ConceptBottleneckModel, embedding: torch.Tensor, targe
                 current = trial_scores
                 del chosen[k]
     intervention = Intervention()
-    for k, value in chosen.items():
-        intervention = intervention.set(model.concepts.names[k], value)
+    for k in chosen:
+        intervention = intervention.set(model.concepts.names[k], percentile=chosen_pct[k])
     after = model.head(intervention.apply(scores[None], model.stats), emb)[0]
     return Counterfactual(model.classes[t], success and int(after.argmax()) == t, intervention,
-                          tuple((model.concepts.names[k], float(scores[k]), v) for k, v in chosen.items()),
+                          tuple((model.concepts.names[k], float(scores[k]), v, chosen_pct[k]) for k, v in chosen.items()),
                           logits0.softmax(-1), after.softmax(-1))

@@ -1,8 +1,5 @@
-"""Global edits and their validation impact.
-
-Every edit returns an ``EditResult``: a *new* model (the old one is untouched) whose edit log
-ends with the returned entry. ``evaluate`` and ``compare`` report accuracy, per-class accuracy
-and worst-group accuracy (when group labels exist) so an edit can be judged before it is kept.
+"""Global edits: each returns an ``EditResult`` — a *new* model (the old one is untouched) whose
+edit log ends with the returned entry. ``evaluation.compare`` judges an edit before it is kept.
 """
 from __future__ import annotations
 
@@ -20,21 +17,6 @@ from .model import ConceptBottleneckModel
 class EditResult:
     model: ConceptBottleneckModel
     entry: dict
-
-
-@dataclass(frozen=True)
-class Metrics:
-    """accuracy; per_class and per_group: name -> accuracy; worst_group: min over groups (or None)."""
-
-    n: int
-    accuracy: float
-    per_class: dict
-    per_group: dict
-    worst_group: float | None
-
-    def to_dict(self) -> dict:
-        return {"n": self.n, "accuracy": self.accuracy, "per_class": self.per_class,
-                "per_group": self.per_group, "worst_group": self.worst_group}
 
 
 def _entry(op: str, **details) -> dict:
@@ -76,36 +58,3 @@ def replay(model: ConceptBottleneckModel, log: Sequence[dict]) -> ConceptBottlen
         else:
             raise ConceptError(f"Unknown edit '{entry['op']}' in the edit log.")
     return model
-
-
-def evaluate(model: ConceptBottleneckModel, embeddings: torch.Tensor, labels: torch.Tensor,
-             groups: Sequence[str] | None = None) -> Metrics:
-    """Accuracy of ``model`` on encoded images; embeddings: (N, D), labels: (N,)."""
-    labels = torch.as_tensor(labels, dtype=torch.long)
-    pred = model.predict(embeddings) if len(labels) else torch.zeros(0, dtype=torch.long)
-    correct = (pred == labels).float()
-    per_class = {name: float(correct[labels == i].mean()) for i, name in enumerate(model.classes)
-                 if bool((labels == i).any())}
-    per_group = {}
-    if groups is not None:
-        for g in sorted(set(groups)):
-            mask = torch.tensor([x == g for x in groups])
-            per_group[g] = float(correct[mask].mean())
-    return Metrics(len(labels), float(correct.mean()) if len(labels) else float("nan"), per_class, per_group,
-                   min(per_group.values()) if per_group else None)
-
-
-def compare(before: ConceptBottleneckModel, after: ConceptBottleneckModel, embeddings: torch.Tensor,
-            labels: torch.Tensor, groups: Sequence[str] | None = None):
-    """Before/after metrics as a table (rows: accuracy, worst group, each class, each group)."""
-    import pandas as pd
-
-    a, b = evaluate(before, embeddings, labels, groups), evaluate(after, embeddings, labels, groups)
-    rows = [("accuracy", a.accuracy, b.accuracy)]
-    if a.worst_group is not None:
-        rows.append(("worst-group accuracy", a.worst_group, b.worst_group))
-    rows += [(f"class: {k}", v, b.per_class.get(k)) for k, v in a.per_class.items()]
-    rows += [(f"group: {k}", v, b.per_group.get(k)) for k, v in a.per_group.items()]
-    frame = pd.DataFrame(rows, columns=["metric", "before", "after"])
-    frame["change"] = frame["after"] - frame["before"]
-    return frame

@@ -140,6 +140,39 @@ class Explanation:
         frame.attrs["class"] = self.class_names[c]
         return frame.reindex(frame.contribution.abs().sort_values(ascending=False).index).reset_index(drop=True)
 
+    def waterfall(self, index: int = 0, class_index: int | None = None, top: int = 8):
+        """The logit of one class built up step by step, for a waterfall chart: the bias, the
+        ``top`` largest contributions, the rest summed, the residual head (PCBM-h), then the total.
+        Columns: label, value, kind (``bias``/``concept``/``rest``/``residual``/``total``)."""
+        import pandas as pd
+
+        c = int(self.predicted[index]) if class_index is None else class_index
+        contrib = self.contributions(c)[index]
+        order = contrib.abs().argsort(descending=True)
+        shown = [int(k) for k in order[:top] if float(contrib[k]) != 0.0]
+        rest = float(contrib.sum()) - sum(float(contrib[k]) for k in shown)
+        rows = [("bias", float(self.bias[c]), "bias")]
+        rows += [(self.concept_names[k], float(contrib[k]), "concept") for k in shown]
+        n_rest = int((contrib != 0).sum()) - len(shown)
+        if n_rest > 0:
+            rows.append((f"{n_rest} other concepts", rest, "rest"))
+        if self.residual is not None:
+            rows.append(("residual (not concepts)", float(self.residual[index, c]), "residual"))
+        rows.append((f"logit of {self.class_names[c]}", float(self.logits[index, c]), "total"))
+        frame = pd.DataFrame(rows, columns=["label", "value", "kind"])
+        frame.attrs["class"] = self.class_names[c]
+        return frame
+
+    def compare(self, other: "Explanation", index: int = 0):
+        """Class probabilities here vs ``other`` (e.g. before vs after an intervention), with
+        the change; sorted by the new probability."""
+        import pandas as pd
+
+        frame = pd.DataFrame({"class": self.class_names, "before": self.probs[index].numpy(),
+                              "after": other.probs[index].numpy()})
+        frame["change"] = frame["after"] - frame["before"]
+        return frame.sort_values("after", ascending=False).reset_index(drop=True)
+
     def classes_frame(self, index: int = 0, k: int = 5):
         import pandas as pd
 

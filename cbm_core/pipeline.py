@@ -30,19 +30,44 @@ class EncodedImage:
     size: tuple[int, int]
     embedding: torch.Tensor
     spatial: torch.Tensor | None
+    pixels: torch.Tensor | None = None  # (3, H, W) preprocessed, for gradient saliency
+
+
+class EncodingCache:
+    """A bounded, thread-safe LRU of ``EncodedImage`` keyed by content hash; one per backbone,
+    shareable by many pipelines (models) and sessions."""
+
+    def __init__(self, size: int = 64):
+        self._items: OrderedDict[str, EncodedImage] = OrderedDict()
+        self._size = size
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, digest: str) -> EncodedImage | None:
+        with self._lock:
+            item = self._items.get(digest)
+            if item is not None:
+                self._items.move_to_end(digest)
+            return item
+
+    def put(self, item: EncodedImage) -> None:
+        with self._lock:
+            self._items[item.digest] = item
+            while len(self._items) > self._size:
+                self._items.popitem(last=False)
 
 
 class Pipeline:
     """``Pipeline(backbone, model).explain(images)``; thread-safe, shareable across sessions."""
 
-    def __init__(self, backbone: Backbone, model: ConceptBottleneckModel, cache_size: int = 64):
+    def __init__(self, backbone: Backbone, model: ConceptBottleneckModel, cache: EncodingCache | None = None):
         if backbone.embed_dim != model.embed_dim:
             raise BackboneError(f"Backbone '{backbone.spec}' gives {backbone.embed_dim}-d embeddings but the model "
                                 f"expects {model.embed_dim}-d (it was built on '{model.backbone_spec}').")
         self.backbone, self.model = backbone, model
-        self._cache: OrderedDict[str, EncodedImage] = OrderedDict()
-        self._cache_size = cache_size
-        self._lock = threading.Lock()
+        self.cache = cache if cache is not None else EncodingCache()
 
     @classmethod
     def from_bundle(cls, path, device=None, precision=None) -> "Pipeline":
@@ -51,26 +76,20 @@ class Pipeline:
 
     def with_model(self, model: ConceptBottleneckModel) -> "Pipeline":
         """The same backbone (and its cache of decoded images) under another model, e.g. after an edit."""
-        other = Pipeline(self.backbone, model, self._cache_size)
-        other._cache, other._lock = self._cache, self._lock
-        return other
+        return Pipeline(self.backbone, model, self.cache)
 
     def encode(self, source: ImageSource, name: str | None = None) -> EncodedImage:
         data, default_name = read_image_bytes(source)
         digest = image_digest(data)
-        with self._lock:
-            hit = self._cache.get(digest)
-            if hit is not None:
-                self._cache.move_to_end(digest)
-                return hit
+        hit = self.cache.get(digest)
+        if hit is not None:
+            return hit
         image = decode_image(data, name or default_name)
-        enc: ImageEncoding = self.backbone.encode_images(self.backbone.preprocess_images([image]), with_spatial=True)
+        pixels = self.backbone.preprocess_images([image])
+        enc: ImageEncoding = self.backbone.encode_images(pixels, with_spatial=True)
         item = EncodedImage(digest, name or default_name, image.size, enc.embeddings[0],
-                            enc.spatial[0] if enc.spatial is not None else None)
-        with self._lock:
-            self._cache[digest] = item
-            while len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
+                            enc.spatial[0] if enc.spatial is not None else None, pixels[0])
+        self.cache.put(item)
         return item
 
     def explain(self, images: Sequence[ImageSource] | ImageSource,
@@ -80,6 +99,31 @@ class Pipeline:
             images = [images]
         encoded = [self.encode(img) for img in images]
         return self.explain_encoded(encoded, intervention)
+
+    def saliency(self, encoded: EncodedImage, method: str = "dense", concepts: Sequence[str] | None = None,
+                 out_size: tuple[int, int] | None = None) -> torch.Tensor:
+        """Concept maps for one encoded image, aligned to the original image: (K, out_h, out_w).
+
+        method: ``dense`` (forward only), ``dense-surgery`` or ``gradcam`` (one batched backward
+        pass); concepts default to all of the model's. Dense maps reuse the cached features when
+        their grid is fine enough (>= 7 x 7); a coarser ResNet grid is refined by running the
+        convolutional trunk once more on the enlarged image (see ``DenseConceptMaps.scale``)."""
+        from .saliency import DenseConceptMaps, GradCAM
+
+        names = list(concepts) if concepts is not None else list(self.model.concepts.names)
+        vectors = self.model.concept_vectors[[self.model.concepts.index(n) for n in names]]
+        if method in ("dense", "dense-surgery"):
+            grid = encoded.spatial.shape[-1]
+            scale = -(-7 // grid) if self.backbone.kind == "resnet" and grid < 7 else 1
+            maps = DenseConceptMaps(self.backbone, surgery=method == "dense-surgery", scale=scale).attribute(
+                encoded.pixels[None], vectors, spatial=encoded.spatial[None])
+        elif method == "gradcam":
+            if encoded.pixels is None:
+                raise ValueError("Grad-CAM needs the preprocessed pixels; re-encode the image.")
+            maps = GradCAM(self.backbone).attribute(encoded.pixels[None], vectors)
+        else:
+            raise ValueError(f"Unknown saliency method '{method}'; use dense, dense-surgery or gradcam.")
+        return maps.to_image(encoded.size, out_size)[0]
 
     def explain_encoded(self, encoded: Sequence[EncodedImage], intervention: Intervention | None = None) -> Explanation:
         return self.model.explain_features(torch.stack([e.embedding for e in encoded]), intervention)

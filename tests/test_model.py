@@ -120,7 +120,8 @@ def test_counterfactual_really_flips_the_class(hand_model):
                 exp = model.explain_features(emb[None], cf.intervention)
                 assert int(exp.predicted[0]) == t
                 assert len(cf.changes) == len(cf.intervention)
-                for name, _, new in cf.changes:  # stays within the observed 5th-95th range
+                for name, _, new, pct in cf.changes:
+                    assert pct in (5.0, 95.0)  # stays within the observed 5th-95th range
                     k = model.concepts.index(name)
                     assert model.stats.value_at(k, 5) - 1e-5 <= new <= model.stats.value_at(k, 95) + 1e-5
     assert flipped >= 20

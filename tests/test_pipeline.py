@@ -47,7 +47,7 @@ def test_bad_upload_raises_and_keeps_the_cache(tiny_vit):
     pipe.encode(_png(shape_image("blue", 2)))
     with pytest.raises(ImageError):
         pipe.explain(b"\x89PNG\r\n\x1a\n broken")
-    assert len(pipe._cache) == 1
+    assert len(pipe.cache) == 1
 
 
 def test_backbone_model_mismatch(tiny_vit, hand_model):

@@ -1,0 +1,158 @@
+"""Build the demo bundle: Toy Birds + the demo model + the PCBM recipe, and the demo's sample images.
+
+    python -m cbm_core.demo.build_bundle            # writes assets/demo_bundle, assets/samples, assets/toybirds_features.safetensors
+
+The concept list is the world's whole vocabulary, background concepts included: the training
+split ties backgrounds to species groups (95 %), so the fitted head leans on them, and the demo
+story is finding that and pruning it. Validation and test features are saved beside the bundle
+so the app can preview edits without re-encoding.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from ..backbone import ASSETS_DIR, load_backbone
+from ..concepts import ConceptBank
+from ..data import extract_features
+from ..edits import prune_concepts
+from ..evaluation import evaluate
+from ..recipes.pcbm import PCBM
+from .train_clip import CONCEPT_TEMPLATE, IMAGE_SIZE
+from .world import BACKGROUND_CONCEPTS, CONCEPTS, SPECIES, SPECIES_NAMES, render, sample_bird
+
+DEMO_BUNDLE = ASSETS_DIR / "demo_bundle"
+DEMO_FEATURES = ASSETS_DIR / "toybirds_features.safetensors"
+SAMPLES_DIR = ASSETS_DIR / "samples"
+SPLIT_SIZES = {"train": 4000, "val": 1600, "test": 1600}
+
+
+class ToyBirds(torch.utils.data.Dataset):
+    """A split of the world as a torch Dataset of ``(PIL image, species index)``."""
+
+    def __init__(self, split: str, n: int, seed: int = 0, size: int = IMAGE_SIZE):
+        self.split, self.n, self.seed, self.size = split, n, seed, size
+
+    def __len__(self):
+        return self.n
+
+    def bird(self, i):
+        return sample_bird(self.seed, i, self.split)
+
+    def __getitem__(self, i):
+        bird = self.bird(i)
+        return render(bird, self.size)[0], bird.species
+
+    @property
+    def fingerprint(self) -> str:
+        return f"toybirds-v1-{self.seed}-{self.split}-{self.n}-{self.size}"
+
+    def groups(self) -> tuple[str, ...]:
+        return tuple(self.bird(i).group for i in range(self.n))
+
+    def concept_labels(self) -> torch.Tensor:
+        return torch.tensor([[self.bird(i).concept_labels()[c] for c in CONCEPTS] for i in range(self.n)])
+
+
+def encode_split(backbone, split: str, n: int, seed: int = 0):
+    ds = ToyBirds(split, n, seed)
+    feats = extract_features(backbone, ds, fingerprint=ds.fingerprint, progress_bar=True)
+    assert not feats.skipped, feats.skipped
+    return feats.embeddings, feats.labels, ds.groups(), ds.concept_labels()
+
+
+def demo_concepts() -> ConceptBank:
+    return ConceptBank(tuple(CONCEPTS), ("toybirds",) * len(CONCEPTS))
+
+
+def build(lam: float, seed: int = 0, out: Path = DEMO_BUNDLE, spec: str = "demo") -> dict:
+    backbone = load_backbone(spec, device="cpu")
+    bank = demo_concepts()
+    vectors = bank.embed(backbone, [CONCEPT_TEMPLATE])
+    splits = {s: encode_split(backbone, s, n, seed) for s, n in SPLIT_SIZES.items()}
+    tr_x, tr_y, _, _ = splits["train"]
+    est = PCBM(concepts=bank, concept_vectors=vectors, classes=SPECIES_NAMES, backbone_spec="demo",
+               templates=[CONCEPT_TEMPLATE], lam=lam).fit(tr_x, tr_y)
+    model = est.model_
+    report = {"lam": lam, **model.sparsity()}
+    for split in ("val", "test"):
+        x, y, g, _ = splits[split]
+        before = evaluate(model, x, y, g)
+        pruned = prune_concepts(model, list(BACKGROUND_CONCEPTS)).model
+        after = evaluate(pruned, x, y, g)
+        report[split] = {"accuracy": before.accuracy, "worst_group": before.worst_group, "per_group": before.per_group,
+                         "pruned_accuracy": after.accuracy, "pruned_worst_group": after.worst_group,
+                         "pruned_per_group": after.per_group}
+    val = report["val"]
+    model = model.with_changes(metrics={**model.metrics, "val_accuracy": val["accuracy"],
+                                        "val_worst_group": val["worst_group"], "test_accuracy": report["test"]["accuracy"],
+                                        "test_worst_group": report["test"]["worst_group"], **model.sparsity(),
+                                        "n_train": SPLIT_SIZES["train"], "n_val": SPLIT_SIZES["val"]})
+    model.save(out, overwrite=True)
+    tensors = {}
+    for split in ("val", "test"):
+        x, y, g, c = splits[split]
+        group_names = sorted(set(g))
+        tensors.update({f"{split}.embeddings": x.contiguous(), f"{split}.labels": y,
+                        f"{split}.groups": torch.tensor([group_names.index(v) for v in g]),
+                        f"{split}.concept_labels": c.to(torch.uint8)})
+    save_file(tensors, str(DEMO_FEATURES), metadata={"group_names": json.dumps(sorted(set(splits["val"][2]))),
+                                                     "concepts": json.dumps(list(CONCEPTS)), "seed": str(seed)})
+    write_samples(seed)
+    return report
+
+
+def write_samples(seed: int = 0) -> list[Path]:
+    """About a dozen test-split birds: each species on its own background, plus counter-spurious ones."""
+    SAMPLES_DIR.mkdir(parents=True, exist_ok=True)
+    for old in SAMPLES_DIR.glob("*.png"):
+        old.unlink()
+    wanted, written, i = [], [], 0
+    for sp_idx, sp in enumerate(SPECIES):
+        wanted.append((sp_idx, "own"))
+    wanted += [(0, "other"), (1, "other"), (4, "other"), (6, "other")]
+    for sp_idx, which in wanted:
+        while True:
+            bird = sample_bird(seed, i, "test")
+            i += 1
+            own = (bird.background == "water") == (SPECIES[bird.species].group == "waterbird")
+            if bird.species == sp_idx and own == (which == "own") and all(
+                    bird.attributes[a] == v for a, v in SPECIES[sp_idx].typical.items()):
+                break
+        name = f"{len(written) + 1:02d}_{bird.species_name.replace(' ', '_')}_on_{bird.background}.png"
+        render(bird, IMAGE_SIZE * 2)[0].save(SAMPLES_DIR / name)
+        written.append(SAMPLES_DIR / name)
+    return written
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--lam", type=float, default=2e-3)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    print(json.dumps(build(args.lam, args.seed), indent=2))
+
+
+if __name__ == "__main__":
+    main()
+
+
+def load_demo_features(split: str = "val"):
+    """The shipped validation / test features of the demo as a ``FeatureSet`` (no re-encoding)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from ..data import FeatureSet
+
+    with safe_open(str(DEMO_FEATURES), "pt") as f:
+        meta = f.metadata()
+    t = load_file(str(DEMO_FEATURES))
+    group_names = json.loads(meta["group_names"])
+    n = len(t[f"{split}.labels"])
+    return FeatureSet(t[f"{split}.embeddings"], t[f"{split}.labels"], torch.arange(n),
+                      groups=tuple(group_names[i] for i in t[f"{split}.groups"].tolist()),
+                      concept_labels=t[f"{split}.concept_labels"].float())

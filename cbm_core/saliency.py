@@ -1,0 +1,254 @@
+"""Concept saliency: where in the image does the model see each concept?
+
+One small class per method, one verb, captum-style: ``attribute(...) -> SaliencyMaps``.
+
+- ``DenseConceptMaps`` (default, forward only): every spatial position of the last feature map
+  goes through the model's own head — ViT: ``ln_post`` + ``proj``; open_clip ResNet: the
+  attention pool's value and output projections (MaskCLIP) — and is compared (cosine) with every
+  concept vector. All K concepts in one matrix product. ``surgery=True`` removes the part that
+  all concepts share at a position (CLIP Surgery-style).
+- ``GradCAM``: gradients of each concept's cosine score at the last block's input (ViT, class
+  token dropped) or the last ResNet stage; K concepts in ONE backward pass by replicating the
+  activation K times (each copy only feeds its own concept's score).
+- ``Occlusion``: a perturbation audit for one concept — the score drop when a patch is greyed
+  out, every patch position in batched forwards.
+
+Maps come back on the model's input grid; ``SaliencyMaps.to_image`` undoes the resize and
+centre crop so they overlay the original image. Nothing here registers hooks or changes the
+model, so one model can serve many sessions at once.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .backbone import Backbone
+
+
+@dataclass(frozen=True)
+class SaliencyMaps:
+    """maps: (N, K, h, w) on the model input's grid; ``input_size`` the model's (H, W);
+    ``method`` names the method; ``resize_mode`` is how the preprocess fitted the image
+    (open_clip: ``shortest`` = resize + centre crop, ``longest`` = fit + pad, ``squash``).
+    Values are comparable within one map, not across methods."""
+
+    maps: torch.Tensor
+    input_size: tuple[int, int]
+    method: str
+    resize_mode: str = "shortest"
+
+    def to_image(self, image_size: tuple[int, int], out_size: tuple[int, int] | None = None) -> torch.Tensor:
+        """Maps aligned with the original image (``image_size`` = PIL's (width, height)), at
+        ``out_size`` (width, height; default the image size): (N, K, out_h, out_w). Parts of the
+        image the model never saw (cropped away) get 0."""
+        W, H = image_size
+        ow, oh = out_size or image_size
+        if self.resize_mode == "squash":
+            return interpolate(self.maps, (oh, ow))
+        if self.resize_mode == "longest":  # the image was fitted inside the square and padded
+            side = max(W, H)
+            full = interpolate(self.maps, (side, side))
+            left, top = (side - W) // 2, (side - H) // 2
+            return interpolate(full[..., top:top + H, left:left + W], (oh, ow))
+        side = min(W, H)  # "shortest": the model saw the central side x side square
+        left, top = (W - side) / 2.0, (H - side) / 2.0
+        sx, sy = ow / W, oh / H
+        x0, y0 = round(left * sx), round(top * sy)
+        cw, ch = max(1, round(side * sx)), max(1, round(side * sy))
+        crop = interpolate(self.maps, (ch, cw))
+        out = torch.zeros(*self.maps.shape[:2], oh, ow, dtype=crop.dtype)
+        xs, ys = slice(max(0, x0), min(ow, x0 + cw)), slice(max(0, y0), min(oh, y0 + ch))
+        out[..., ys, xs] = crop[..., ys.start - y0:ys.stop - y0, xs.start - x0:xs.stop - x0]
+        return out
+
+
+def interpolate(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear upsampling of (N, K, h, w) maps to ``size`` = (H, W)."""
+    return F.interpolate(maps.float(), size=size, mode="bilinear", align_corners=False)
+
+
+def _vit_token_head(visual, tokens: torch.Tensor) -> torch.Tensor:
+    """ViT: final-block tokens (N, L, C) -> embedding space (N, L, D) via the model's own head."""
+    x = visual.ln_post(tokens)
+    return x @ visual.proj if visual.proj is not None else x
+
+
+def _resnet_position_head(attnpool, fmap: torch.Tensor) -> torch.Tensor:
+    """ResNet (MaskCLIP): layer4 map (N, C, h, w) -> per-position embeddings (N, h*w, D) through
+    the attention pool's value and output projections, with its positional embedding resized."""
+    N, C, h, w = fmap.shape
+    x = fmap.flatten(2).transpose(1, 2)  # (N, hw, C)
+    pos = attnpool.positional_embedding[1:].to(x.dtype)  # (s*s, C), s = native grid
+    s = int(round(pos.shape[0] ** 0.5))
+    if (h, w) != (s, s):
+        pos = F.interpolate(pos.T.reshape(1, C, s, s), size=(h, w), mode="bicubic", align_corners=False)
+        pos = pos.reshape(C, h * w).T
+    v = F.linear(x + pos, attnpool.v_proj.weight, attnpool.v_proj.bias)
+    return F.linear(v, attnpool.c_proj.weight, attnpool.c_proj.bias)
+
+
+class DenseConceptMaps:
+    """Forward-only maps for every concept at once.
+
+    ``scale`` > 1 (ResNet towers) runs the convolutional trunk on the image enlarged by that
+    factor for a finer grid (a 96 px image gives 3x3 at scale 1, 9x9 at scale 3), at the cost of
+    that extra forward pass; at scale 1 the cached spatial features are reused and the maps cost
+    only one matrix product."""
+
+    method = "dense"
+
+    def __init__(self, backbone: Backbone, surgery: bool = False, scale: int = 1):
+        if scale != 1 and backbone.kind != "resnet":
+            raise ValueError("scale > 1 needs a convolutional (ResNet) tower.")
+        self.backbone, self.surgery, self.scale = backbone, surgery, scale
+
+    @torch.no_grad()
+    def spatial_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The last feature map for preprocessed pixels (N, 3, H, W), at this method's scale."""
+        bb = self.backbone
+        x = pixels.to(bb.device, bb.dtype)
+        if self.scale != 1:
+            x = F.interpolate(x, scale_factor=self.scale, mode="bilinear", align_corners=False)
+        return bb.model.visual.forward_intermediates(x, indices=1, intermediates_only=True)["image_intermediates"][-1]
+
+    @torch.no_grad()
+    def attribute(self, pixels: torch.Tensor | None, concept_vectors: torch.Tensor,
+                  spatial: torch.Tensor | None = None) -> SaliencyMaps:
+        """pixels: (N, 3, H, W) preprocessed, or None when ``spatial`` — the cached (N, C, h, w)
+        from ``Backbone.encode_images(with_spatial=True)`` — is given and scale is 1.
+        concept_vectors: (K, D) unit norm. Returns cosine maps (N, K, h, w)."""
+        visual = self.backbone.model.visual
+        if spatial is None or self.scale != 1:
+            if pixels is None:
+                raise ValueError("Pass pixels (or cached spatial features at scale 1).")
+            spatial = self.spatial_features(pixels)
+        x = spatial.to(self.backbone.device, self.backbone.dtype)
+        N, C, h, w = x.shape
+        if self.backbone.kind == "vit":
+            emb = _vit_token_head(visual, x.flatten(2).transpose(1, 2))
+        elif self.backbone.kind == "resnet":
+            emb = _resnet_position_head(visual.attnpool, x)
+        else:
+            raise NotImplementedError(f"Dense maps need a ViT or ResNet open_clip tower, not {type(visual).__name__}.")
+        emb = F.normalize(emb.float(), dim=-1).cpu()
+        maps = torch.einsum("nld,kd->nkl", emb, concept_vectors.float()).reshape(N, -1, h, w)
+        if self.surgery:
+            maps = maps - maps.mean(dim=1, keepdim=True)
+        return SaliencyMaps(maps, self.backbone.image_size, "dense-surgery" if self.surgery else "dense",
+                            self.backbone.resize_mode)
+
+
+class GradCAM:
+    """Grad-CAM of each concept's cosine score; all K concepts in one batched backward pass."""
+
+    method = "gradcam"
+
+    def __init__(self, backbone: Backbone):
+        self.backbone = backbone
+
+    def _trunk(self, pixels: torch.Tensor) -> torch.Tensor:
+        visual = self.backbone.model.visual
+        if self.backbone.kind == "vit":
+            x = visual._embeds(pixels)
+            for block in visual.transformer.resblocks[:-1]:
+                x = block(x)
+            return x  # (N, L, C): the input of the last block
+        if self.backbone.kind == "resnet":
+            x = visual.stem(pixels)
+            for layer in (visual.layer1, visual.layer2, visual.layer3, visual.layer4):
+                x = layer(x)
+            return x  # (N, C, h, w)
+        raise NotImplementedError(f"Grad-CAM needs a ViT or ResNet open_clip tower, not {type(visual).__name__}.")
+
+    def _tail(self, activation: torch.Tensor) -> torch.Tensor:
+        visual = self.backbone.model.visual
+        if self.backbone.kind == "vit":
+            x = visual.transformer.resblocks[-1](activation)
+            pooled, _ = visual._pool(x)
+            return pooled @ visual.proj if visual.proj is not None else pooled
+        return visual.attnpool(activation)
+
+    def attribute(self, pixels: torch.Tensor, concept_vectors: torch.Tensor) -> SaliencyMaps:
+        """pixels: (N, 3, H, W) preprocessed; concept_vectors: (K, D). Returns (N, K, h, w)."""
+        bb = self.backbone
+        K = concept_vectors.shape[0]
+        vectors = F.normalize(concept_vectors.float(), dim=-1).to(bb.device)
+        out = []
+        for image in pixels:
+            with torch.no_grad():
+                act = self._trunk(image[None].to(bb.device, bb.dtype))
+            # Replicate the activation K times: copy k feeds only concept k's score, so one
+            # backward of the summed scores gives every concept its own gradient.
+            rep = act.expand(K, *act.shape[1:]).detach().clone().requires_grad_(True)
+            with torch.enable_grad():
+                emb = F.normalize(self._tail(rep).float(), dim=-1)
+                scores = (emb * vectors).sum(-1)
+                (grad,) = torch.autograd.grad(scores.sum(), rep)
+            out.append(self._cam(rep.detach().float(), grad.float()).cpu())
+        return SaliencyMaps(torch.stack(out), bb.image_size, self.method, bb.resize_mode)
+
+    def _cam(self, act: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        if self.backbone.kind == "vit":
+            act, grad = act[:, 1:], grad[:, 1:]  # drop the class token
+            weights = grad.mean(dim=1, keepdim=True)  # (K, 1, C)
+            cam = F.relu((weights * act).sum(-1))  # (K, L-1)
+            side = int(round(cam.shape[1] ** 0.5))
+            return cam.reshape(-1, side, side)
+        weights = grad.mean(dim=(2, 3), keepdim=True)  # (K, C, 1, 1)
+        return F.relu((weights * act).sum(1))  # (K, h, w)
+
+
+class Occlusion:
+    """Perturbation audit for one concept: grey out a ``window`` square sliding by ``stride``
+    (input pixels) and record how much the concept's cosine score drops, all positions batched."""
+
+    method = "occlusion"
+
+    def __init__(self, backbone: Backbone, window: int | None = None, stride: int | None = None, batch_size: int = 64):
+        self.backbone = backbone
+        H = backbone.image_size[0]
+        self.window = window or max(4, H // 6)
+        self.stride = stride or max(2, self.window // 2)
+        self.batch_size = batch_size
+
+    @torch.no_grad()
+    def attribute(self, pixels: torch.Tensor, concept_vector: torch.Tensor) -> SaliencyMaps:
+        """pixels: (1, 3, H, W); concept_vector: (D,). Returns (1, 1, H, W) score drops."""
+        bb = self.backbone
+        _, _, H, W = pixels.shape
+        v = F.normalize(concept_vector.float(), dim=-1)
+        base = float(bb.encode_images(pixels).embeddings[0] @ v)
+        ys = list(range(0, max(1, H - self.window) + 1, self.stride))
+        xs = list(range(0, max(1, W - self.window) + 1, self.stride))
+        boxes = [(y, x) for y in ys for x in xs]
+        drops = []
+        for start in range(0, len(boxes), self.batch_size):
+            chunk = boxes[start:start + self.batch_size]
+            batch = pixels.repeat(len(chunk), 1, 1, 1)
+            for i, (y, x) in enumerate(chunk):
+                batch[i, :, y:y + self.window, x:x + self.window] = 0.0  # 0 = the dataset mean after normalisation
+            drops.append(base - bb.encode_images(batch).embeddings @ v)
+        drops = torch.cat(drops)
+        heat = torch.zeros(H, W)
+        count = torch.zeros(H, W)
+        for (y, x), d in zip(boxes, drops.tolist()):
+            heat[y:y + self.window, x:x + self.window] += d
+            count[y:y + self.window, x:x + self.window] += 1
+        return SaliencyMaps((heat / count.clamp_min(1))[None, None], bb.image_size, self.method, bb.resize_mode)
+
+
+def class_maps(maps: SaliencyMaps, model_weight_row: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Contribution-weighted sum of concept maps for one class, positive and negative parts apart.
+
+    maps.maps: (N, K, h, w); model_weight_row: (K,) the class's head weights; z: (N, K) the
+    standardised scores. Each concept map is weighted by its contribution ``w_k z_k``; returns
+    ``(positive, negative)`` maps (N, h, w), both >= 0 — evidence for and against the class.
+    """
+    contrib = (model_weight_row[None, :] * z)[:, :, None, None]  # (N, K, 1, 1)
+    m = maps.maps.clamp_min(0)
+    m = m / m.flatten(2).amax(-1).clamp_min(1e-8)[..., None, None]  # each concept map in [0, 1]
+    pos = (m * contrib.clamp_min(0)).sum(1)
+    neg = (m * (-contrib).clamp_min(0)).sum(1)
+    return pos, neg

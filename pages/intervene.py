@@ -1,0 +1,164 @@
+"""Intervene: switch concepts off or set them, and watch the prediction move — live."""
+from __future__ import annotations
+
+import streamlit as st
+
+from cbm_core import CBMError, ImageError, Intervention, counterfactual
+from pages import charts, common
+
+st.title("Intervene")
+st.caption("Switch a concept off (to its typical 'absent' level) or set how strongly it is present, and see the "
+           "class probabilities change. Every change is recorded: undo, redo, export.")
+
+pipe = common.pipeline()
+if pipe is None:
+    st.stop()
+model = pipe.model
+images = common.session_images()
+if not images:
+    for path in common.sample_paths()[:1] + [p for p in common.sample_paths() if "diver_on_land" in p.name][:1]:
+        images[path.stem.split("_", 1)[1].replace("_", " ")] = path.read_bytes()
+names = list(images)
+default = names.index(st.session_state["current_image"]) if st.session_state.get("current_image") in names else len(names) - 1
+current = st.selectbox("Image", names, index=default, key="intervene_image")
+try:
+    enc = pipe.encode(images[current], current)
+except ImageError as exc:
+    st.error(str(exc))
+    st.stop()
+
+# -- state: a history of interventions (tuples of changes) and a position in it ----------------
+state = st.session_state
+if state.get("intervene_for") != (current, state.get("bundle_path"), len(model.edit_log)):
+    state["intervene_for"] = (current, state.get("bundle_path"), len(model.edit_log))
+    state["history"], state["history_pos"] = [()], 0
+    state.pop("intervene_synced", None)
+
+
+def active() -> Intervention:
+    return Intervention(state["history"][state["history_pos"]])
+
+
+def push(intervention: Intervention) -> None:
+    state["history"] = state["history"][: state["history_pos"] + 1] + [intervention.changes]
+    state["history_pos"] = len(state["history"]) - 1
+
+
+def sync_widgets() -> None:
+    """Make every toggle and slider show the active intervention (after undo, import, ...)."""
+    exp = pipe.explain_encoded([enc], active())
+    off = {c.concept for c in active().changes if c.op == "ablate"}
+    for k, name in enumerate(model.concepts.names):
+        state[f"on_{k}"] = name not in off
+        state[f"pct_{k}"] = int(round(float(exp.percentiles[0, k])))
+    state["intervene_synced"] = state["history_pos"], len(state["history"])
+
+
+def on_toggle(k: int, name: str) -> None:
+    iv = active().without(name)
+    push(iv if state[f"on_{k}"] else iv.ablate(name))
+
+
+def on_slide(k: int, name: str) -> None:
+    state[f"on_{k}"] = True
+    push(active().without(name).set(name, percentile=float(state[f"pct_{k}"])))
+
+
+def move(step: int) -> None:
+    state["history_pos"] = max(0, min(len(state["history"]) - 1, state["history_pos"] + step))
+    sync_widgets()
+
+
+def reset() -> None:
+    push(Intervention())
+    sync_widgets()
+
+
+def apply_counterfactual(target: str) -> None:
+    cf = counterfactual(model, enc.embedding, target)
+    state["cf_message"] = (
+        (f"Changing {len(cf.changes)} concept{'s' * (len(cf.changes) != 1)} makes it **{target}**: "
+         + ", ".join(f"{n} → p{p:.0f}" for n, _, _, p in cf.changes)) if cf.success else
+        f"No change within the observed 5th–95th percentile range makes it {target}.")
+    if cf.success:
+        push(cf.intervention)
+        sync_widgets()
+
+
+if state.get("intervene_synced") is None:
+    sync_widgets()
+
+original = pipe.explain_encoded([enc])
+top_class_idx = [int(i) for i in original.top_classes(3)[0]]
+
+
+@st.fragment
+def live_panel() -> None:
+    iv = active()
+    exp = pipe.explain_encoded([enc], iv)
+    left, right = st.columns([5, 4], gap="large")
+    with right:
+        st.image(images[current], width=220)
+        pred = exp.class_names[int(exp.predicted[0])]
+        was = original.class_names[int(original.predicted[0])]
+        if pred != was:
+            st.success(f"Prediction changed: **{was} → {pred}**")
+        else:
+            st.markdown(f"Prediction: **{pred}**")
+        st.plotly_chart(charts.probability_change(original.compare(exp).head(6)), use_container_width=True,
+                        key="live_probs")
+        st.plotly_chart(charts.waterfall(exp.waterfall(0, int(exp.predicted[0]), top=6)), use_container_width=True,
+                        key="live_waterfall")
+    with left:
+        bar = st.columns([1, 1, 1, 3])
+        bar[0].button("↶ Undo", on_click=move, args=(-1,), disabled=state["history_pos"] == 0, use_container_width=True)
+        bar[1].button("↷ Redo", on_click=move, args=(1,), disabled=state["history_pos"] >= len(state["history"]) - 1,
+                      use_container_width=True)
+        bar[2].button("Reset", on_click=reset, disabled=not iv, use_container_width=True)
+        bar[3].caption(("Active: " + "; ".join(iv.describe())) if iv else "No changes yet.")
+        filters = st.columns([3, 2])
+        query = filters[0].text_input("Search concepts", key="concept_search", placeholder="e.g. beak")
+        only = filters[1].toggle("Only concepts that matter for the top classes", value=True, key="only_relevant")
+        relevant = {k for k in range(model.n_concepts) if any(float(model.weight[c, k]) != 0 for c in top_class_idx)}
+        frame = original.to_frame(0)
+        order = [model.concepts.index(n) for n in frame.concept]
+        shown = [k for k in order if (not only or k in relevant) and query.lower() in model.concepts.names[k].lower()]
+        changed = set(iv.concepts)
+        st.caption(f"{len(shown)} of {model.n_concepts} concepts · sorted by their effect on the original prediction")
+        for k in shown[:40]:
+            name = model.concepts.names[k]
+            row = st.columns([3, 1, 4])
+            row[0].markdown(("**" + name + "** ✎") if name in changed else name)
+            row[1].toggle(name, key=f"on_{k}", on_change=on_toggle, args=(k, name), label_visibility="collapsed")
+            row[2].slider(f"{name} percentile", 0, 100, key=f"pct_{k}", on_change=on_slide, args=(k, name),
+                          disabled=not state[f"on_{k}"], label_visibility="collapsed", format="p%d")
+        if len(shown) > 40:
+            st.caption(f"{len(shown) - 40} more — narrow the search to see them.")
+
+
+live_panel()
+
+st.divider()
+cf_cols = st.columns([2, 1, 3])
+target = cf_cols[0].selectbox("What would make it…", [c for c in model.classes
+                                                     if c != original.class_names[int(original.predicted[0])]],
+                              key="cf_target")
+cf_cols[1].button("Find the fewest changes", on_click=apply_counterfactual, args=(target,), key="cf_go")
+if state.get("cf_message"):
+    cf_cols[2].info(state["cf_message"])
+
+io_cols = st.columns(2)
+io_cols[0].download_button("Export this intervention (JSON)", active().to_json(), file_name="intervention.json",
+                           mime="application/json", disabled=not active())
+upload = io_cols[1].file_uploader("Import an intervention", type=["json"], key="iv_import")
+if upload is not None and state.get("iv_imported") != upload.file_id:
+    state["iv_imported"] = upload.file_id
+    try:
+        iv = Intervention.from_json(upload.getvalue().decode("utf-8", errors="replace"))
+        for c in iv.concepts:
+            model.concepts.index(c)
+        push(iv)
+        sync_widgets()
+        st.rerun()
+    except (CBMError, UnicodeError) as exc:
+        st.error(f"Could not import '{upload.name}': {exc}")

@@ -1,0 +1,95 @@
+"""End to end in a real browser: Debian's chromium, driven by Playwright, against `streamlit run`.
+
+Open the app, upload a demo bird, see the prediction, go to Intervene, switch a concept off,
+see the probabilities change, and visit every page. Screenshots go to artifacts/screenshots/.
+"""
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = "/usr/bin/chromium"
+SHOTS = ROOT / "artifacts" / "screenshots"
+
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed (.ci/run installs it)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app_url():
+    port = free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port", str(port),
+                             "--server.address", "127.0.0.1", "--server.headless", "true"],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("streamlit did not start")
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture(scope="module")
+def page(app_url):
+    from playwright.sync_api import sync_playwright
+
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--headless", "--no-sandbox"])
+        pg = browser.new_page(viewport={"width": 1400, "height": 1000})
+        pg.set_default_timeout(90_000)
+        yield pg
+        browser.close()
+
+
+def test_upload_inspect_intervene_and_every_page(app_url, page):
+    from cbm_core.demo.build_bundle import SAMPLES_DIR
+
+    page.goto(app_url)
+    page.get_by_text("Upload images").first.wait_for()
+    sample = next(p for p in sorted(SAMPLES_DIR.glob("*.png")) if "azure_diver_on_land" in p.name)
+    page.locator("input[type=file]").first.set_input_files(str(sample))
+    page.get_by_text("Predicted:").wait_for()
+    headline = page.get_by_text("Predicted:").inner_text()
+    page.wait_for_timeout(1500)
+    page.screenshot(path=str(SHOTS / "inspect.png"), full_page=True)
+
+    page.get_by_role("link", name="Intervene").click()
+    page.get_by_text("Search concepts").wait_for()
+    page.wait_for_timeout(1000)
+    before = page.locator(".js-plotly-plot").first.inner_text()
+    page.get_by_role("checkbox", name="land background").first.click(force=True)
+    page.get_by_text("switch off 'land background'").wait_for()
+    page.wait_for_timeout(800)
+    after = page.locator(".js-plotly-plot").first.inner_text()
+    assert before != after, "the probability chart did not change"
+    page.screenshot(path=str(SHOTS / "intervene.png"), full_page=True)
+
+    for name, marker in (("Edit model", "Propose an edit"), ("Evaluate", "Concepts per class"), ("Build", "Recipe and sparsity")):
+        page.get_by_role("link", name=name).click()
+        page.get_by_text(marker).first.wait_for()
+        page.wait_for_timeout(1500)
+        page.screenshot(path=str(SHOTS / f"{name.split()[0].lower()}.png"), full_page=True)
+    assert "Predicted" in headline

@@ -1,0 +1,110 @@
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cbm_core.saliency import DenseConceptMaps, GradCAM, Occlusion, SaliencyMaps, class_maps
+
+
+@pytest.fixture
+def linear_vit(tiny_vit):
+    """The tiny ViT with an identity head (ln_post without affine change, proj = I), so the dense
+    map of a concept is exactly the cosine of each planted token with the concept vector."""
+    bb = copy.copy(tiny_vit)
+    bb.model = copy.deepcopy(tiny_vit.model)
+    visual = bb.model.visual
+    with torch.no_grad():
+        visual.ln_post.weight.fill_(1.0)
+        visual.ln_post.bias.zero_()
+        visual.proj.copy_(torch.eye(visual.proj.shape[0]))
+    return bb
+
+
+def _standardised(v):
+    v = v - v.mean()
+    return v / v.std(unbiased=False)  # LayerNorm leaves such a vector unchanged
+
+
+def test_dense_map_is_known_analytically(linear_vit):
+    D = 32
+    g = torch.Generator().manual_seed(0)
+    concepts = F.normalize(torch.stack([_standardised(torch.randn(D, generator=g)) for _ in range(3)]), dim=1)
+    spatial = torch.stack([_standardised(torch.randn(D, generator=g)) for _ in range(16)]).T.reshape(1, D, 4, 4)
+    spatial[0, :, 2, 1] = _standardised(concepts[1])  # plant concept 1 at row 2, column 1
+    maps = DenseConceptMaps(linear_vit).attribute(None, concepts, spatial=spatial)
+    expected = torch.einsum("dhw,kd->khw", F.normalize(spatial[0], dim=0), concepts)
+    torch.testing.assert_close(maps.maps[0], expected, atol=1e-4, rtol=0)
+    assert maps.maps[0, 1].argmax() == 2 * 4 + 1 and maps.maps[0, 1, 2, 1] == pytest.approx(1.0, abs=1e-4)
+    surgery = DenseConceptMaps(linear_vit, surgery=True).attribute(None, concepts, spatial=spatial).maps
+    torch.testing.assert_close(surgery.mean(1), torch.zeros(1, 4, 4), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("fixture", ["tiny_vit", "tiny_rn"])
+def test_dense_maps_match_the_models_own_embedding_path(fixture, request):
+    bb = request.getfixturevalue(fixture)
+    pixels = torch.randn(2, 3, *bb.image_size)
+    enc = bb.encode_images(pixels, with_spatial=True)
+    vectors = F.normalize(torch.randn(5, bb.embed_dim), dim=1)
+    maps = DenseConceptMaps(bb).attribute(None, vectors, spatial=enc.spatial).maps
+    torch.testing.assert_close(DenseConceptMaps(bb).attribute(pixels, vectors).maps, maps, atol=1e-5, rtol=0)
+    assert maps.shape == (2, 5, *enc.spatial.shape[2:])
+    assert maps.abs().max() <= 1.0 + 1e-5
+    if bb.kind == "vit":
+        # mean-pooling tokens is not the class token, but every position must be a real cosine
+        tokens = enc.spatial.flatten(2).transpose(1, 2)
+        emb = F.normalize(bb.model.visual.ln_post(tokens) @ bb.model.visual.proj, dim=-1)
+        torch.testing.assert_close(maps.flatten(2), torch.einsum("nld,kd->nkl", emb, vectors), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("fixture", ["tiny_vit", "tiny_rn"])
+def test_batched_gradcam_equals_the_per_concept_loop(fixture, request):
+    bb = request.getfixturevalue(fixture)
+    pixels = torch.randn(1, 3, *bb.image_size)
+    vectors = F.normalize(torch.randn(6, bb.embed_dim), dim=1)
+    batched = GradCAM(bb).attribute(pixels, vectors).maps
+    looped = torch.cat([GradCAM(bb).attribute(pixels, vectors[k:k + 1]).maps for k in range(6)], dim=1)
+    torch.testing.assert_close(batched, looped, atol=1e-5, rtol=1e-4)
+    assert batched.shape[:2] == (1, 6) and (batched >= 0).all()
+
+
+def test_gradcam_leaves_no_state_on_the_shared_model(tiny_vit):
+    before = {k: v.clone() for k, v in tiny_vit.model.state_dict().items()}
+    GradCAM(tiny_vit).attribute(torch.randn(1, 3, 32, 32), F.normalize(torch.randn(3, 32), dim=1))
+    assert all(p.grad is None and not p.requires_grad for p in tiny_vit.model.parameters())
+    assert all(torch.equal(before[k], v) for k, v in tiny_vit.model.state_dict().items())
+    assert not any(m._forward_hooks or m._backward_hooks for m in tiny_vit.model.modules())
+
+
+def test_occlusion_finds_the_patch_that_carries_the_concept(linear_vit):
+    bb = linear_vit
+    pixels = torch.zeros(1, 3, 32, 32)
+    pixels[0, :, 8:16, 16:24] = 2.0  # a bright patch in one 8x8 cell
+    v = bb.encode_images(pixels).embeddings[0] - bb.encode_images(torch.zeros(1, 3, 32, 32)).embeddings[0]
+    heat = Occlusion(bb, window=8, stride=8).attribute(pixels, v).maps[0, 0]
+    assert heat.shape == (32, 32)
+    y, x = divmod(int(heat.argmax()), 32)
+    assert 8 <= y < 16 and 16 <= x < 24
+
+
+def test_maps_are_aligned_to_the_original_image_after_the_centre_crop():
+    m = torch.zeros(1, 1, 4, 4)
+    m[0, 0, 0, 0] = 1.0  # top-left cell of the model's input
+    maps = SaliencyMaps(m, (32, 32), "test")
+    out = maps.to_image((200, 100))  # landscape: the model saw the central 100 x 100 square
+    assert out.shape == (1, 1, 100, 200)
+    assert out[..., :, :50].abs().sum() == 0 and out[..., :, 150:].abs().sum() == 0
+    y, x = divmod(int(out[0, 0].argmax()), 200)
+    assert 50 <= x < 75 and 0 <= y < 25
+    small = maps.to_image((200, 100), out_size=(20, 10))
+    assert small.shape == (1, 1, 10, 20)
+
+
+def test_class_maps_split_evidence_for_and_against(hand_model):
+    maps = SaliencyMaps(torch.rand(1, 4, 3, 3), (32, 32), "test")
+    weight = torch.tensor([1.0, -2.0, 0.0, 0.5])
+    z = torch.tensor([[1.0, 1.0, 3.0, -2.0]])  # contributions: +1, -2, 0, -1
+    pos, neg = class_maps(maps, weight, z)
+    m = maps.maps / maps.maps.flatten(2).amax(-1)[..., None, None]
+    torch.testing.assert_close(pos[0], m[0, 0])
+    torch.testing.assert_close(neg[0], 2 * m[0, 1] + m[0, 3])

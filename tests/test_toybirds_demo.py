@@ -1,0 +1,48 @@
+"""The shipped demo model and bundle: they load offline, detect concepts, and predict."""
+import numpy as np
+import pytest
+import torch
+
+from cbm_core import Pipeline, load_backbone, load_bundle
+from cbm_core.demo.build_bundle import DEMO_BUNDLE, DEMO_FEATURES, SAMPLES_DIR
+from cbm_core.demo.train_clip import CONCEPT_TEMPLATE, SPECIES_TEMPLATE, score_report
+from cbm_core.demo.world import CONCEPTS, SPECIES_NAMES, render, sample_bird
+
+
+@pytest.fixture(scope="module")
+def demo():
+    return load_backbone("demo", device="cpu")
+
+
+def test_demo_model_detects_concepts_on_a_small_sample(demo):
+    birds = [sample_bird(0, i, "test") for i in range(240)]
+    pixels = demo.preprocess_images([render(b, 96)[0] for b in birds])
+    emb = demo.encode_images(pixels).embeddings
+    rep = score_report(emb, demo.embed_prompts(list(CONCEPTS), [CONCEPT_TEMPLATE]),
+                       demo.embed_prompts(list(SPECIES_NAMES), [SPECIES_TEMPLATE]), birds)
+    # a lower bar than the recorded full evaluation (docs/TOYBIRDS.md), for a fast check
+    assert rep["mean_auroc"] >= 0.9, rep
+    assert rep["min_auroc"] >= 0.7, rep
+    assert rep["species_accuracy"] >= 0.6, rep
+
+
+def test_demo_bundle_loads_and_predicts_the_samples():
+    pipe = Pipeline.from_bundle(DEMO_BUNDLE, device="cpu")
+    samples = sorted(SAMPLES_DIR.glob("*.png"))
+    assert len(samples) >= 10
+    correct = 0
+    for path in samples:
+        exp = pipe.explain(str(path))
+        truth = path.stem.split("_on_")[0].split("_", 1)[1].replace("_", " ")
+        correct += exp.class_names[int(exp.predicted[0])] == truth
+    assert correct >= len(samples) - 2
+
+
+def test_shipped_features_match_the_bundle():
+    from safetensors.torch import load_file
+
+    model = load_bundle(DEMO_BUNDLE)
+    t = load_file(str(DEMO_FEATURES))
+    assert t["val.embeddings"].shape[1] == model.embed_dim
+    acc = float((model.predict(t["val.embeddings"]) == t["val.labels"]).float().mean())
+    assert acc == pytest.approx(model.metrics["val_accuracy"], abs=1e-6)
