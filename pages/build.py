@@ -55,7 +55,7 @@ if upload is not None:
         initial = list(ConceptBank.from_text(upload.getvalue().decode("utf-8-sig"), upload.name).names)
     except (CBMError, UnicodeError) as exc:
         st.error(f"{upload.name}: {exc}")
-edited = st.data_editor(pd.DataFrame({"concept": initial}), num_rows="dynamic", use_container_width=True,
+edited = st.data_editor(pd.DataFrame({"concept": initial}), num_rows="dynamic", width="stretch",
                         key=f"build_concepts_{upload.file_id if upload else source}", height=240)
 bank = None
 typed = [x.strip() for x in edited["concept"].tolist() if isinstance(x, str) and x.strip()]  # blank rows are unused rows
@@ -153,7 +153,7 @@ def progress_panel() -> None:
     cols[3].metric("Concepts kept", f"{model.n_concepts}")
     if result.removed_concepts.removed:
         with st.expander(f"{len(result.removed_concepts)} concepts were filtered out"):
-            st.dataframe(result.removed_concepts.to_frame(), hide_index=True, use_container_width=True)
+            st.dataframe(result.removed_concepts.to_frame(), hide_index=True, width="stretch")
     if result.skipped_images:
         with st.expander(f"{len(result.skipped_images)} images were unreadable and skipped"):
             st.dataframe(pd.DataFrame(result.skipped_images, columns=["image", "reason"]), hide_index=True)
@@ -164,7 +164,7 @@ def progress_panel() -> None:
         fig.update_layout(title="λ path: accuracy vs non-zero weights", xaxis=dict(tickformat=".0%", title="non-zero weights"),
                           yaxis=dict(tickformat=".0%", title="validation accuracy"), height=320,
                           margin=dict(l=10, r=10, t=40, b=10))
-        st.plotly_chart(fig, use_container_width=True)
+        st.plotly_chart(fig, width="stretch")
     cols = st.columns([3, 1, 1])
     target = cols[0].text_input("Save as", value="models/my-cbm", key="build_save_path")
     if cols[1].button("Save bundle"):

@@ -54,7 +54,7 @@ else:
     for col, (_, row) in zip(cols, head.iterrows()):
         col.metric(row.metric.capitalize(), f"{row.after:.1%}", f"{row.change * 100:+.1f} pts")
     st.dataframe(table.style.format({"before": "{:.1%}", "after": "{:.1%}", "change": "{:+.1%}"}, na_rep="–"),
-                 hide_index=True, use_container_width=True)
+                 hide_index=True, width="stretch")
 if proposal is not None and st.button("Apply this edit to the session's model", type="primary"):
     st.session_state["model"] = proposal.model
     st.toast("Edit applied. The Inspect and Intervene pages now use the edited model.")
@@ -63,11 +63,11 @@ if proposal is not None and st.button("Apply this edit to the session's model", 
 st.subheader("3 · Edit log and saving")
 if model.edit_log:
     st.dataframe([{k: (", ".join(v) if isinstance(v, list) else v) for k, v in e.items()} for e in model.edit_log],
-                 use_container_width=True)
+                 width="stretch")
     cols = st.columns([3, 1, 1])
     target = cols[0].text_input("Save as (a new folder or .zip under ./models, or a full path)",
                                 value=f"models/{Path(st.session_state['bundle_path']).stem}-edited", key="save_path")
-    if cols[1].button("Save bundle", use_container_width=True):
+    if cols[1].button("Save bundle", width="stretch"):
         path = Path(target) if Path(target).is_absolute() else common.ROOT / target
         try:
             model.save(path)
@@ -76,7 +76,7 @@ if model.edit_log:
             st.error(str(exc))
         except OSError as exc:
             st.error(f"Could not write '{path}': {exc.strerror or exc}.")
-    if cols[2].button("Undo all edits", use_container_width=True):
+    if cols[2].button("Undo all edits", width="stretch"):
         common.reload_bundle()
         st.rerun()
 else:

@@ -32,19 +32,19 @@ left, right = st.columns(2)
 with left:
     per_class = sorted(m.per_class.items(), key=lambda kv: kv[1])
     frame = pd.DataFrame({"class": [k for k, _ in per_class][::-1], "probability": [v for _, v in per_class][::-1]})
-    st.plotly_chart(charts.probabilities(frame, "Accuracy per class"), use_container_width=True)
+    st.plotly_chart(charts.probabilities(frame, "Accuracy per class"), width="stretch")
     if m.per_group:
         st.dataframe({"group": list(m.per_group), "accuracy": [f"{v:.1%}" for v in m.per_group.values()]},
-                     hide_index=True, use_container_width=True)
+                     hide_index=True, width="stretch")
 with right:
     cm = confusion_matrix(model, feats.embeddings, feats.labels)
     st.plotly_chart(charts.heatmap(cm.numpy(), list(model.classes), list(model.classes), "Confusion (rows: truth)",
-                                   colorscale="Blues", zmid=None, fmt="d"), use_container_width=True)
+                                   colorscale="Blues", zmid=None, fmt="d"), width="stretch")
 
 st.subheader("Which concepts each class uses")
 used = [k for k in range(model.n_concepts) if bool((model.weight[:, k] != 0).any())]
 st.plotly_chart(charts.heatmap(model.weight[:, used].numpy(), [model.concepts.names[k] for k in used], list(model.classes),
-                               "Head weights (blue: evidence for, red: against)"), use_container_width=True)
+                               "Head weights (blue: evidence for, red: against)"), width="stretch")
 
 st.subheader("Concepts the model cannot tell apart")
 threshold = st.slider("Correlation above", 0.80, 0.99, 0.95, 0.01, key="cooc_threshold")
@@ -54,7 +54,7 @@ if warnings.empty:
 else:
     st.warning(f"{len(warnings)} pairs always fire together: their weights are interchangeable, and switching one "
                "off may not mean what you think.")
-    st.dataframe(warnings, hide_index=True, use_container_width=True)
+    st.dataframe(warnings, hide_index=True, width="stretch")
 
 st.subheader("Do the named concepts beat random directions?")
 if common.is_demo():

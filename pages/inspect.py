@@ -64,7 +64,7 @@ if len(names) > 1:
     cols = st.columns(4)
     for slot, i in enumerate(shown):
         with cols[slot % 4].container(border=True):
-            st.image(images[names[i]], use_container_width=True)
+            st.image(images[names[i]], width="stretch")
             prob = float(exp_all.probs[i].max())
             st.markdown(f"**{pred_names[i]}** · {prob:.0%}")
             top = exp_all.to_frame(i).head(3)
@@ -81,23 +81,23 @@ top_classes = exp_all.classes_frame(i, k=min(5, len(exp_all.class_names)))
 
 head = st.columns([2, 3])
 with head[0]:
-    st.image(images[current], caption=f"{current} · {enc.size[0]}×{enc.size[1]}", use_container_width=True)
+    st.image(images[current], caption=f"{current} · {enc.size[0]}×{enc.size[1]}", width="stretch")
 with head[1]:
     pred = top_classes["class"][0]
     st.markdown(f"### Predicted: **{pred}** ({top_classes['probability'][0]:.1%})")
-    st.plotly_chart(charts.probabilities(top_classes, "Top classes"), use_container_width=True)
+    st.plotly_chart(charts.probabilities(top_classes, "Top classes"), width="stretch")
     share = float(exp_all.residual_share()[i])
     if share > 0:
         st.caption(f"The residual head (not concepts) carries {share:.0%} of this prediction's evidence.")
 
 c1, c2 = st.columns(2)
 with c1:
-    st.plotly_chart(charts.concepts(frame, f"Concepts behind '{pred}'"), use_container_width=True)
+    st.plotly_chart(charts.concepts(frame, f"Concepts behind '{pred}'"), width="stretch")
     st.caption("Bar: contribution to the class (blue for, red against). Label: the score's percentile among training images.")
 with c2:
     other = st.selectbox("Why not…?", [c for c in exp_all.class_names if c != pred], key="why_not")
     both = st.radio("Waterfall for", [pred, other], horizontal=True, key="waterfall_for")
-    st.plotly_chart(charts.waterfall(exp_all.waterfall(i, exp_all.class_names.index(both))), use_container_width=True)
+    st.plotly_chart(charts.waterfall(exp_all.waterfall(i, exp_all.class_names.index(both))), width="stretch")
 
 st.subheader("Where does the model see each concept?")
 controls = st.columns([2, 2, 3])
@@ -119,4 +119,4 @@ if chosen:
         row = frame[frame.concept == name].iloc[0]
         cols[k % len(cols)].image(overlay(shown_image, maps[k], opacity),
                                   caption=f"{name} · score p{row.percentile:.0f} · {row.contribution:+.2f}",
-                                  use_container_width=True)
+                                  width="stretch")

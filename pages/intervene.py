@@ -105,16 +105,16 @@ def live_panel() -> None:
             st.success(f"Prediction changed: **{was} → {pred}**")
         else:
             st.markdown(f"Prediction: **{pred}**")
-        st.plotly_chart(charts.probability_change(original.compare(exp).head(6)), use_container_width=True,
+        st.plotly_chart(charts.probability_change(original.compare(exp).head(6)), width="stretch",
                         key="live_probs")
-        st.plotly_chart(charts.waterfall(exp.waterfall(0, int(exp.predicted[0]), top=6)), use_container_width=True,
+        st.plotly_chart(charts.waterfall(exp.waterfall(0, int(exp.predicted[0]), top=6)), width="stretch",
                         key="live_waterfall")
     with left:
         bar = st.columns([1, 1, 1, 3])
-        bar[0].button("↶ Undo", on_click=move, args=(-1,), disabled=state["history_pos"] == 0, use_container_width=True)
+        bar[0].button("↶ Undo", on_click=move, args=(-1,), disabled=state["history_pos"] == 0, width="stretch")
         bar[1].button("↷ Redo", on_click=move, args=(1,), disabled=state["history_pos"] >= len(state["history"]) - 1,
-                      use_container_width=True)
-        bar[2].button("Reset", on_click=reset, disabled=not iv, use_container_width=True)
+                      width="stretch")
+        bar[2].button("Reset", on_click=reset, disabled=not iv, width="stretch")
         bar[3].caption(("Active: " + "; ".join(iv.describe())) if iv else "No changes yet.")
         filters = st.columns([3, 2])
         query = filters[0].text_input("Search concepts", key="concept_search", placeholder="e.g. beak")

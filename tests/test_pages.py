@@ -63,15 +63,20 @@ def test_intervene_toggle_changes_the_prediction_exactly_as_the_engine_says(engi
     at.run()
     assert not at.exception, at.exception
     model = engine.model
-    k = model.concepts.index("land background")
-    toggle = at.toggle(key=f"on_{k}")
-    toggle.set_value(False).run()
+    data = sample("azure_diver_on_land").read_bytes()
+    top = engine.explain(data).to_frame(0).concept[0]  # the concept that matters most: listed first
+    k = model.concepts.index(top)
+    at.toggle(key=f"on_{k}").set_value(False).run()
     assert not at.exception, at.exception
-    after = engine.explain(sample("azure_diver_on_land").read_bytes(), Intervention().ablate("land background"))
+    after = engine.explain(data, Intervention().ablate(top))
     pred = after.class_names[int(after.predicted[0])]
     shown = " ".join(m.value for m in at.markdown) + " ".join(s.value for s in at.success)
     assert pred in shown
-    assert at.session_state["history"][-1] == Intervention().ablate("land background").changes
+    before = engine.explain(data)
+    changed = int(before.predicted[0]) != int(after.predicted[0])
+    assert any("Prediction changed" in s.value for s in at.success) == changed
+    assert at.session_state["history"][-1] == Intervention().ablate(top).changes
+    assert any(f"switch off '{top}'" in c.value for c in at.caption)
     at.button[0].click().run()  # undo
     assert at.session_state["history_pos"] == 0 and at.toggle(key=f"on_{k}").value is True
 
