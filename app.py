@@ -8,22 +8,22 @@ from pathlib import Path
 
 import streamlit as st
 
-from pages import common
+from ui import common
 
-st.set_page_config(page_title="Concept debugger", page_icon="🔎", layout="wide")
+st.set_page_config(page_title="Concept debugger", page_icon=":material/troubleshoot:", layout="wide")
 
 PAGES = [
-    st.Page("pages/inspect.py", title="Inspect", icon="🔍", default=True),
-    st.Page("pages/intervene.py", title="Intervene", icon="🎛️"),
-    st.Page("pages/edit.py", title="Edit model", icon="✂️"),
-    st.Page("pages/evaluate.py", title="Evaluate", icon="📊"),
-    st.Page("pages/build.py", title="Build", icon="🛠️"),
+    st.Page("pages/inspect.py", title="Inspect", icon=":material/image_search:", default=True),
+    st.Page("pages/intervene.py", title="Intervene", icon=":material/tune:"),
+    st.Page("pages/edit.py", title="Edit model", icon=":material/content_cut:"),
+    st.Page("pages/evaluate.py", title="Evaluate", icon=":material/monitoring:"),
+    st.Page("pages/build.py", title="Build", icon=":material/construction:"),
 ]
 page = st.navigation(PAGES)
 
 common.ensure_session()
 with st.sidebar:
-    st.markdown("### 🔎 Concept debugger")
+    st.markdown("### Concept debugger")
     choices = common.bundle_choices()
     current = st.session_state.get("bundle_path")
     labels = list(choices)

@@ -12,7 +12,7 @@ import streamlit as st
 
 from cbm_core import BundleError, CBMError, ConceptBank, ImageDataset, build_cbm
 from cbm_core.demo.world import CONCEPTS, export
-from pages import common
+from ui import common
 
 st.title("Build a model")
 st.caption("Bring a backbone, labelled images and a list of concepts; get a concept bottleneck model you can "

@@ -6,8 +6,8 @@ from pathlib import Path
 import streamlit as st
 
 from cbm_core import BundleError, CBMError, compare, prune_concepts, set_weight
-from pages import common
-from pages.data_source import evaluation_features
+from ui import common
+from ui.data_source import evaluation_features
 
 st.title("Edit the model")
 st.caption("Global edits change the model for every image. Preview their effect on validation data — overall, per "

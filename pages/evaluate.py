@@ -6,8 +6,8 @@ import streamlit as st
 
 from cbm_core import confusion_matrix, cooccurrence_warnings, evaluate, random_concept_baseline
 from cbm_core.demo.build_bundle import load_demo_features
-from pages import charts, common
-from pages.data_source import evaluation_features
+from ui import charts, common
+from ui.data_source import evaluation_features
 
 st.title("Evaluate")
 pipe = common.pipeline()

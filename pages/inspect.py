@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from cbm_core import ImageError, decode_image, overlay
-from pages import charts, common
+from ui import charts, common
 
 st.title("Inspect")
 st.caption("Upload images (or pick demo birds) to see what the model predicts, which concepts drive it, and where in the image it sees them.")

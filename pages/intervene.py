@@ -4,7 +4,7 @@ from __future__ import annotations
 import streamlit as st
 
 from cbm_core import CBMError, ImageError, Intervention, counterfactual
-from pages import charts, common
+from ui import charts, common
 
 st.title("Intervene")
 st.caption("Switch a concept off (to its typical 'absent' level) or set how strongly it is present, and see the "
@@ -110,9 +110,9 @@ def live_panel() -> None:
         st.plotly_chart(charts.waterfall(exp.waterfall(0, int(exp.predicted[0]), top=6)), width="stretch",
                         key="live_waterfall")
     with left:
-        bar = st.columns([1, 1, 1, 3])
-        bar[0].button("↶ Undo", on_click=move, args=(-1,), disabled=state["history_pos"] == 0, width="stretch")
-        bar[1].button("↷ Redo", on_click=move, args=(1,), disabled=state["history_pos"] >= len(state["history"]) - 1,
+        bar = st.columns([1.3, 1.3, 1.3, 3])
+        bar[0].button("Undo", icon=":material/undo:", on_click=move, args=(-1,), disabled=state["history_pos"] == 0, width="stretch")
+        bar[1].button("Redo", icon=":material/redo:", on_click=move, args=(1,), disabled=state["history_pos"] >= len(state["history"]) - 1,
                       width="stretch")
         bar[2].button("Reset", on_click=reset, disabled=not iv, width="stretch")
         bar[3].caption(("Active: " + "; ".join(iv.describe())) if iv else "No changes yet.")

@@ -58,19 +58,21 @@ def page(app_url):
     SHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--headless", "--no-sandbox"])
-        pg = browser.new_page(viewport={"width": 1400, "height": 1000})
+        pg = browser.new_page(viewport={"width": 1400, "height": 2600})
         pg.set_default_timeout(90_000)
         yield pg
         browser.close()
 
 
 def test_upload_inspect_intervene_and_every_page(app_url, page):
-    from cbm_core.demo.build_bundle import SAMPLES_DIR
+    from cbm_core import Pipeline
+    from cbm_core.demo.build_bundle import DEMO_BUNDLE, SAMPLES_DIR
 
     page.goto(app_url)
     page.get_by_text("Upload images").first.wait_for()
     sample = next(p for p in sorted(SAMPLES_DIR.glob("*.png")) if "azure_diver_on_land" in p.name)
-    page.locator("input[type=file]").first.set_input_files(str(sample))
+    top = Pipeline.from_bundle(DEMO_BUNDLE, device="cpu").explain(str(sample)).to_frame(0).concept[0]
+    page.locator("[data-testid=stMain] input[type=file]").first.set_input_files(str(sample))
     page.get_by_text("Predicted:").wait_for()
     headline = page.get_by_text("Predicted:").inner_text()
     page.wait_for_timeout(1500)
@@ -80,16 +82,17 @@ def test_upload_inspect_intervene_and_every_page(app_url, page):
     page.get_by_text("Search concepts").wait_for()
     page.wait_for_timeout(1000)
     before = page.locator(".js-plotly-plot").first.inner_text()
-    page.get_by_role("checkbox", name="land background").first.click(force=True)
-    page.get_by_text("switch off 'land background'").wait_for()
+    page.get_by_role("switch", name=top, exact=True).first.click(force=True)
+    page.get_by_text(f"switch off '{top}'").wait_for()
     page.wait_for_timeout(800)
     after = page.locator(".js-plotly-plot").first.inner_text()
     assert before != after, "the probability chart did not change"
     page.screenshot(path=str(SHOTS / "intervene.png"), full_page=True)
 
-    for name, marker in (("Edit model", "Propose an edit"), ("Evaluate", "Concepts per class"), ("Build", "Recipe and sparsity")):
+    for name, marker in (("Edit model", "Edit log and saving"), ("Evaluate", "Do the named concepts beat random"),
+                         ("Build", "Recipe and sparsity")):
         page.get_by_role("link", name=name).click()
         page.get_by_text(marker).first.wait_for()
-        page.wait_for_timeout(1500)
+        page.wait_for_timeout(3000)
         page.screenshot(path=str(SHOTS / f"{name.split()[0].lower()}.png"), full_page=True)
     assert "Predicted" in headline

@@ -4,7 +4,7 @@ from __future__ import annotations
 import plotly.graph_objects as go
 
 BLUE, RED, GREY, TEAL = "#2f6f9f", "#c8553d", "#9aa5b1", "#3a9d8f"
-_LAYOUT = dict(margin=dict(l=10, r=10, t=36, b=10), plot_bgcolor="white", paper_bgcolor="white",
+_LAYOUT = dict(margin=dict(l=10, r=40, t=36, b=10), plot_bgcolor="white", paper_bgcolor="white",
                font=dict(size=13), hoverlabel=dict(bgcolor="white"))
 
 
@@ -26,16 +26,16 @@ def probability_change(frame, title="Class probabilities") -> go.Figure:
     fig.add_bar(x=f["before"], y=f["class"], orientation="h", name="original", marker_color=GREY, opacity=0.6,
                 hovertemplate="%{y} originally: %{x:.2%}<extra></extra>")
     fig.add_bar(x=f["after"], y=f["class"], orientation="h", name="with changes", marker_color=BLUE,
-                text=[f"{a:.1%} ({c:+.1%})" if abs(c) >= 0.0005 else f"{a:.1%}" for a, c in zip(f["after"], f["change"])],
-                textposition="outside", hovertemplate="%{y} now: %{x:.2%}<extra></extra>")
-    fig.update_layout(title=title, barmode="overlay", xaxis=dict(range=[0, 1.25], tickformat=".0%", gridcolor="#eee"),
+                text=[f"{a:.0%} ({c * 100:+.0f} pts)" if abs(c) >= 0.005 else f"{a:.0%}" for a, c in zip(f["after"], f["change"])],
+                textposition="auto", cliponaxis=False, hovertemplate="%{y} now: %{x:.2%}<extra></extra>")
+    fig.update_layout(title=title, barmode="overlay", xaxis=dict(range=[0, 1.0], tickformat=".0%", gridcolor="#eee"),
                       height=70 + 30 * len(f), legend=dict(orientation="h", y=1.08, x=0.5), **_LAYOUT)
     return fig
 
 
 def concepts(frame, title="Top concepts", top=10) -> go.Figure:
     """frame: Explanation.to_frame() rows (concept, score, percentile, contribution)."""
-    f = frame.head(top).iloc[::-1]
+    f = frame[frame["contribution"] != 0].head(top).iloc[::-1]
     colours = [BLUE if c >= 0 else RED for c in f["contribution"]]
     fig = go.Figure(go.Bar(
         x=f["contribution"], y=f["concept"], orientation="h", marker_color=colours,
@@ -54,7 +54,7 @@ def waterfall(frame, title=None) -> go.Figure:
     measure = ["absolute" if k == "bias" else "total" if k == "total" else "relative" for k in frame["kind"]]
     fig = go.Figure(go.Waterfall(
         orientation="h", y=frame["label"], x=[0 if k == "total" else v for k, v in zip(frame["kind"], frame["value"])],
-        measure=measure, text=[f"{v:+.2f}" for v in frame["value"]], textposition="outside",
+        measure=measure, text=[f"{v:+.2f}" for v in frame["value"]], textposition="auto",
         increasing=dict(marker_color=BLUE), decreasing=dict(marker_color=RED), totals=dict(marker_color=TEAL),
         connector=dict(line=dict(color="#bbb", width=1))))
     fig.update_layout(title=title or f"Why {frame.attrs.get('class', '')}: the logit, concept by concept",

@@ -1,7 +1,6 @@
 """What every page shares: the loaded bundle, the backbone, the session's images and model.
 
-Not a page itself (app.py declares the pages). Heavy objects are cached once per process with
-``st.cache_resource`` (read-only, shared by sessions); per-user state lives in
+Heavy objects are cached once per process with ``st.cache_resource`` (read-only, shared by sessions); per-user state lives in
 ``st.session_state``: the current (possibly edited) model, uploaded images, interventions.
 """
 from __future__ import annotations

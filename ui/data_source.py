@@ -5,7 +5,7 @@ import streamlit as st
 
 from cbm_core import CBMError, ImageDataset, extract_features
 from cbm_core.demo.build_bundle import load_demo_features
-from pages import common
+from ui import common
 
 
 @st.cache_resource(show_spinner=False, max_entries=4)

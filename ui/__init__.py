@@ -1,0 +1,1 @@
+"""View helpers shared by the dashboard pages: session state, cached resources, plotly figures."""
