@@ -40,11 +40,11 @@ def record(name: str, rows: list[dict]) -> Path:
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps({"machine": machine(), "rows": rows}, indent=2))
-    keys = list(rows[0])
-    widths = [max(len(k), *(len(_fmt(r[k])) for r in rows)) for k in keys]
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    widths = [max(len(k), *(len(_fmt(r.get(k, "-"))) for r in rows)) for k in keys]
     print("  ".join(k.ljust(w) for k, w in zip(keys, widths)))
     for r in rows:
-        print("  ".join(_fmt(r[k]).ljust(w) for k, w in zip(keys, widths)))
+        print("  ".join(_fmt(r.get(k, "-")).ljust(w) for k, w in zip(keys, widths)))
     print(f"-> {path}")
     return path
 

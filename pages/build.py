@@ -73,8 +73,13 @@ templates = [t.strip() for t in cols[0].text_input("Prompt templates (separate w
 if source.startswith("Toy"):
     templates = ["a bird with {}."]
     cols[0].caption("Toy Birds uses the demo model's own template: 'a bird with {}.'")
-dedupe = cols[1].number_input("Drop near-duplicates above cosine", 0.0, 1.0, 0.95, 0.01, key="build_dedupe")
-class_sim = cols[2].number_input("Drop concepts this close to a class name", 0.0, 1.0, 0.9, 0.01, key="build_classsim")
+dedupe = class_sim = None
+if cols[1].checkbox("Drop near-duplicate concepts", key="build_use_dedupe",
+                    help="Removes the later of two concepts whose text vectors are this similar; the report says which."):
+    dedupe = cols[1].number_input("above cosine", 0.0, 1.0, 0.95, 0.01, key="build_dedupe")
+if cols[2].checkbox("Drop concepts too close to a class name", key="build_use_classsim",
+                    help="A concept that restates a class name leaks the label; the report says which were removed."):
+    class_sim = cols[2].number_input("above cosine", 0.0, 1.0, 0.9, 0.01, key="build_classsim")
 
 # -- 4. recipe -----------------------------------------------------------------------------------
 st.subheader("4 · Recipe and sparsity")

@@ -98,7 +98,6 @@ def live_panel() -> None:
     exp = pipe.explain_encoded([enc], iv)
     left, right = st.columns([5, 4], gap="large")
     with right:
-        st.image(images[current], width=220)
         pred = exp.class_names[int(exp.predicted[0])]
         was = original.class_names[int(original.predicted[0])]
         if pred != was:
@@ -136,6 +135,8 @@ def live_panel() -> None:
             st.caption(f"{len(shown) - 40} more — narrow the search to see them.")
 
 
+top_row = st.columns([5, 4], gap="large")
+top_row[1].image(images[current], width=200)
 live_panel()
 
 st.divider()
