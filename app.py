@@ -32,7 +32,7 @@ with st.sidebar:
                  on_change=lambda: common.open_bundle(choices[st.session_state["bundle_choice"]]))
     with st.expander("Open another bundle"):
         path = st.text_input("Folder or .zip path", key="bundle_path_input")
-        if path and st.button("Open", key="open_path"):
+        if path and st.button("Open bundle", key="open_path"):
             common.open_bundle(path)
         upload = st.file_uploader("…or upload a bundle .zip", type=["zip"], key="bundle_upload")
         if upload is not None:

@@ -9,7 +9,6 @@ bundle saved on a GPU loads anywhere.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import platform
 import zipfile

@@ -180,7 +180,7 @@ def progress_panel() -> None:
         except (BundleError, OSError) as exc:
             st.error(str(exc))
     if cols[2].button("Use it now"):
-        state["model"], state["bundle_path"] = model, f"(unsaved build)"
+        common.use_unsaved(model)
         st.rerun(scope="app")
 
 

@@ -96,3 +96,19 @@ def test_upload_inspect_intervene_and_every_page(app_url, page):
         page.wait_for_timeout(3000)
         page.screenshot(path=str(SHOTS / f"{name.split()[0].lower()}.png"), full_page=True)
     assert "Predicted" in headline
+
+
+def test_a_strangers_bundle_is_refused_and_the_session_keeps_its_model(app_url, page, tmp_path):
+    evil = tmp_path / "evil"
+    evil.mkdir()
+    (evil / "manifest.json").write_text("{}")
+    (evil / "model.pkl").write_bytes(b"\x80\x04K\x01.")
+    page.goto(app_url)
+    page.get_by_text("Open another bundle").click()
+    page.get_by_label("Folder or .zip path").fill(str(evil))
+    page.get_by_label("Folder or .zip path").press("Enter")
+    page.get_by_role("button", name="Open bundle", exact=True).click()
+    page.get_by_text("model.pkl").first.wait_for()
+    assert "pickle" in page.locator("[data-testid=stSidebar]").inner_text()
+    assert "8 classes" in page.locator("[data-testid=stSidebar]").inner_text()  # the demo is still loaded
+    page.screenshot(path=str(SHOTS / "stranger_bundle.png"))

@@ -112,3 +112,4 @@ def test_build_page_validates_concepts_before_building():
     at = page("build").run()
     assert not at.exception, at.exception
     assert any("valid concepts" in c.value for c in at.caption)
+

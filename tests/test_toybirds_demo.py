@@ -1,7 +1,5 @@
 """The shipped demo model and bundle: they load offline, detect concepts, and predict."""
-import numpy as np
 import pytest
-import torch
 
 from cbm_core import Pipeline, load_backbone, load_bundle, prune_concepts
 from cbm_core.demo.build_bundle import DEMO_BUNDLE, DEMO_FEATURES, SAMPLES_DIR

@@ -2,7 +2,6 @@
 from collections import Counter
 
 import numpy as np
-import pytest
 
 from cbm_core.data import ImageDataset
 from cbm_core.demo.world import (ATTRIBUTES, CONCEPTS, SPECIES, concept_mask, export, generate, render,

@@ -12,10 +12,11 @@ import streamlit as st
 
 from cbm_core import BackboneError, BundleError, CBMError, Pipeline, load_backbone, load_bundle
 from cbm_core.pipeline import EncodingCache
-from cbm_core.demo.build_bundle import DEMO_BUNDLE, DEMO_FEATURES, SAMPLES_DIR
+from cbm_core.demo.build_bundle import DEMO_BUNDLE, SAMPLES_DIR
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS_DIR = ROOT / "models"
+UNSAVED = "(unsaved build)"
 HELP = """
 **What am I looking at?** A *concept bottleneck model* scores an image against named concepts
 ("striped wing", "water background"), then a sparse linear head turns the scores into a class.
@@ -50,11 +51,16 @@ def bundle_choices() -> dict[str, str]:
         for p in sorted(MODELS_DIR.iterdir()):
             if (p / "manifest.json").exists() or p.suffix == ".zip":
                 choices[f"models/{p.name}"] = str(p)
+    if "unsaved_model" in st.session_state:
+        choices["Unsaved build (this session)"] = UNSAVED
     return choices
 
 
 def open_bundle(path: str) -> None:
     """Load a bundle into this session; on failure keep the current one and show why."""
+    if path == UNSAVED:
+        use_unsaved(st.session_state["unsaved_model"])
+        return
     try:
         model = cached_bundle(path, _stamp(Path(path)))
     except (BundleError, OSError) as exc:
@@ -68,10 +74,18 @@ def open_bundle(path: str) -> None:
         st.session_state["history_pos"] = 0
 
 
+def use_unsaved(model) -> None:
+    """Make a freshly built, not yet saved model this session's model."""
+    st.session_state.update(model=model, bundle_path=UNSAVED, unsaved_model=model)
+
+
 def reload_bundle() -> None:
-    """Drop this session's edits: back to the bundle as saved."""
+    """Drop this session's edits: back to the bundle as saved (or as built)."""
     path = st.session_state["bundle_path"]
-    st.session_state["model"] = cached_bundle(path, _stamp(Path(path)))
+    if path == UNSAVED:
+        st.session_state["model"] = st.session_state["unsaved_model"]
+    else:
+        st.session_state["model"] = cached_bundle(path, _stamp(Path(path)))
 
 
 def ensure_session() -> None:
@@ -107,10 +121,6 @@ def session_images() -> dict[str, bytes]:
 
 def sample_paths() -> list[Path]:
     return sorted(SAMPLES_DIR.glob("*.png"))
-
-
-def demo_features_path() -> Path:
-    return DEMO_FEATURES
 
 
 def is_demo() -> bool:

@@ -18,7 +18,6 @@ import math
 import random
 import time
 from multiprocessing import Pool
-from pathlib import Path
 
 import numpy as np
 import torch

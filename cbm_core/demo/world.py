@@ -225,7 +225,6 @@ class _Canvas:
 def _draw_bird(canvas: _Canvas, bird: Bird, rng: random.Random) -> None:
     a, p = bird.attributes, bird.pose
     body = p["body_tone"]
-    dark = (30, 30, 30)
     # tail (behind the body), at the back (-x)
     if a["tail"] == "short":
         canvas.polygon("tail", [(-0.16, -0.04), (-0.29, -0.07), (-0.29, 0.05), (-0.16, 0.04)], body)
