@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from ..backbone import load_backbone
-from ..saliency import DenseConceptMaps, GradCAM, SaliencyMaps
+from ..saliency import DenseConceptMaps, GradCAM, Occlusion, SaliencyMaps
 from .train_clip import CONCEPT_TEMPLATE, IMAGE_SIZE
 from .world import CONCEPT_PART, concept_mask, render, sample_bird
 
@@ -51,6 +51,10 @@ def method_maps(name: str, backbone, pixels: torch.Tensor, vectors: torch.Tensor
         return DenseConceptMaps(backbone, surgery="surgery" in name, scale=scale).attribute(pixels, vectors)
     if name == "gradcam":
         return GradCAM(backbone).attribute(pixels, vectors)
+    if name == "occlusion":  # the audit method: one batched sweep per concept
+        occ = Occlusion(backbone, window=12, stride=6)
+        maps = torch.cat([occ.attribute(pixels, v).maps for v in vectors], dim=1)
+        return SaliencyMaps(maps, backbone.image_size, "occlusion")
     if name == "random":
         return SaliencyMaps(random_maps(len(pixels), len(vectors), 6, seed), backbone.image_size, "random")
     raise ValueError(name)
@@ -149,8 +153,10 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=200)
     ap.add_argument("--auc-images", type=int, default=40)
+    ap.add_argument("--methods", default=None, help="comma-separated subset, e.g. dense,gradcam,occlusion")
     args = ap.parse_args(argv)
-    print(write_docs(run(args.images, args.auc_images)).read_text())
+    methods = args.methods.split(",") if args.methods else None
+    print(write_docs(run(args.images, args.auc_images, methods=methods)).read_text())
 
 
 if __name__ == "__main__":
