@@ -12,8 +12,9 @@ import streamlit as st
 
 from cbm_core import BundleError, CBMError, ConceptBank, ImageDataset, build_cbm
 from cbm_core.demo.world import CONCEPTS, export
-from ui import common
+from ui import common, sidebar
 
+sidebar.ensure_drawn()  # no-op under app.py; a deep link straight to this file still gets the sidebar
 st.title("Build a model")
 st.caption("Bring a backbone, labelled images and a list of concepts; get a concept bottleneck model you can "
            "inspect, edit and share. Long steps run in the background with progress; nothing done is lost if a later step fails.")

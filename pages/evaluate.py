@@ -6,9 +6,10 @@ import streamlit as st
 
 from cbm_core import confusion_matrix, cooccurrence_warnings, evaluate, random_concept_baseline
 from cbm_core.demo.build_bundle import load_demo_features
-from ui import charts, common
+from ui import charts, common, sidebar
 from ui.data_source import evaluation_features
 
+sidebar.ensure_drawn()  # no-op under app.py; a deep link straight to this file still gets the sidebar
 st.title("Evaluate")
 pipe = common.pipeline()
 if pipe is None:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import streamlit as st
 
 from cbm_core import ImageError, decode_image, overlay
-from ui import charts, common
+from ui import charts, common, sidebar
 
+sidebar.ensure_drawn()  # no-op under app.py; a deep link straight to this file still gets the sidebar
 st.title("Inspect")
 st.caption("Upload images (or pick demo birds) to see what the model predicts, which concepts drive it, and where in the image it sees them.")
 
