@@ -110,15 +110,16 @@ def live_panel() -> None:
         st.plotly_chart(charts.waterfall(exp.waterfall(0, int(exp.predicted[0]), top=6)), width="stretch",
                         key="live_waterfall")
     with left:
-        bar = st.columns([1.3, 1.3, 1.3, 3])
+        bar = st.columns(3)
         bar[0].button("Undo", icon=":material/undo:", on_click=move, args=(-1,), disabled=state["history_pos"] == 0, width="stretch")
         bar[1].button("Redo", icon=":material/redo:", on_click=move, args=(1,), disabled=state["history_pos"] >= len(state["history"]) - 1,
                       width="stretch")
         bar[2].button("Reset", on_click=reset, disabled=not iv, width="stretch")
-        bar[3].caption(("Active: " + "; ".join(iv.describe())) if iv else "No changes yet.")
+        st.caption(("Active: " + "; ".join(iv.describe())) if iv else "No changes yet.")
         filters = st.columns([3, 2])
         query = filters[0].text_input("Search concepts", key="concept_search", placeholder="e.g. beak")
-        only = filters[1].toggle("Only concepts that matter for the top classes", value=True, key="only_relevant")
+        only = filters[1].toggle("Only relevant concepts", value=True, key="only_relevant",
+                                 help="Only concepts with a non-zero weight for one of the three most likely classes.")
         relevant = {k for k in range(model.n_concepts) if any(float(model.weight[c, k]) != 0 for c in top_class_idx)}
         frame = original.to_frame(0)
         order = [model.concepts.index(n) for n in frame.concept]
@@ -137,15 +138,20 @@ def live_panel() -> None:
 
 
 top_row = st.columns([5, 4], gap="large")
+with top_row[0]:
+    was = original.class_names[int(original.predicted[0])]
+    st.markdown(f"Originally predicted: **{was}** ({float(original.probs[0].max()):.1%}).")
+    st.caption("Toggle a concept off to set it to its typical 'absent' level (the training mean); drag its slider to "
+               "set it to a percentile of the training images. The charts on the right follow every change.")
 top_row[1].image(images[current], width=200)
 live_panel()
 
 st.divider()
-cf_cols = st.columns([2, 1, 3])
+cf_cols = st.columns([2, 2, 3])
 target = cf_cols[0].selectbox("What would make it…", [c for c in model.classes
                                                      if c != original.class_names[int(original.predicted[0])]],
                               key="cf_target")
-cf_cols[1].button("Find the fewest changes", on_click=apply_counterfactual, args=(target,), key="cf_go")
+cf_cols[1].button("Find the fewest changes", width="stretch", on_click=apply_counterfactual, args=(target,), key="cf_go")
 if state.get("cf_message"):
     cf_cols[2].info(state["cf_message"])
 

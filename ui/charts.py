@@ -29,7 +29,7 @@ def probability_change(frame, title="Class probabilities") -> go.Figure:
                 text=[f"{a:.0%} ({c * 100:+.0f} pts)" if abs(c) >= 0.005 else f"{a:.0%}" for a, c in zip(f["after"], f["change"])],
                 textposition="auto", cliponaxis=False, hovertemplate="%{y} now: %{x:.2%}<extra></extra>")
     fig.update_layout(title=title, barmode="overlay", xaxis=dict(range=[0, 1.0], tickformat=".0%", gridcolor="#eee"),
-                      height=70 + 30 * len(f), legend=dict(orientation="h", y=1.08, x=0.5), **_LAYOUT)
+                      height=90 + 30 * len(f), legend=dict(orientation="h", y=-0.18, x=0.0), **_LAYOUT)
     return fig
 
 
@@ -54,11 +54,16 @@ def waterfall(frame, title=None) -> go.Figure:
     measure = ["absolute" if k == "bias" else "total" if k == "total" else "relative" for k in frame["kind"]]
     fig = go.Figure(go.Waterfall(
         orientation="h", y=frame["label"], x=[0 if k == "total" else v for k, v in zip(frame["kind"], frame["value"])],
-        measure=measure, text=[f"{v:+.2f}" for v in frame["value"]], textposition="auto",
+        measure=measure, text=[f"{v:+.2f}" for v in frame["value"]], textposition="outside", cliponaxis=False,
         increasing=dict(marker_color=BLUE), decreasing=dict(marker_color=RED), totals=dict(marker_color=TEAL),
         connector=dict(line=dict(color="#bbb", width=1))))
+    steps = [v for k, v in zip(frame["kind"], frame["value"]) if k != "total"]
+    running = [sum(steps[: i + 1]) for i in range(len(steps))] + [0.0]
+    lo, hi = min(running), max(running)
+    pad = 0.25 * max(hi - lo, 1e-6)  # room for the value labels outside the bars
     fig.update_layout(title=title or f"Why {frame.attrs.get('class', '')}: the logit, concept by concept",
-                      yaxis=dict(autorange="reversed"), xaxis=dict(gridcolor="#eee"), height=80 + 30 * len(frame), **_LAYOUT)
+                      yaxis=dict(autorange="reversed"), xaxis=dict(gridcolor="#eee", range=[lo - pad * (lo < 0), hi + pad]),
+                      height=80 + 30 * len(frame), **_LAYOUT)
     return fig
 
 
