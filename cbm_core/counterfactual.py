@@ -45,9 +45,7 @@ def counterfactual(model: ConceptBottleneckModel, embedding: torch.Tensor, targe
     scores = model.concept_scores(emb)[0]
     logits0 = model.head(scores[None], emb)[0]
     K = len(scores)
-    lo = torch.tensor([model.stats.value_at(k, low) for k in range(K)])
-    hi = torch.tensor([model.stats.value_at(k, high) for k in range(K)])
-    candidates = torch.stack([lo, hi])  # (2, K) raw values
+    candidates = torch.stack([model.stats.values_at(low), model.stats.values_at(high)])  # (2, K) raw values
     levels = (float(low), float(high))
     W, std = model.weight, model.stats.std
     current = scores.clone()

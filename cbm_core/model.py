@@ -47,9 +47,16 @@ class ConceptStats:
         except ValueError:
             raise ConceptError(f"Unknown concept '{name}'.") from None
 
+    def values_at(self, percentile: float) -> torch.Tensor:
+        """The raw score at ``percentile`` (0-100) of every concept, (K,), interpolated between
+        the stored whole percentiles."""
+        p = min(max(float(percentile), 0.0), 100.0)
+        i = min(int(p), 99)
+        return self.quantiles[i] + (p - i) * (self.quantiles[i + 1] - self.quantiles[i])
+
     def value_at(self, k: int, percentile: float) -> float:
-        """The raw score at ``percentile`` (0-100) of concept k, interpolated."""
-        return float(_interp(torch.tensor([float(percentile)]), QUANTILE_LEVELS, self.quantiles[:, k])[0])
+        """The raw score at ``percentile`` (0-100) of concept k."""
+        return float(self.values_at(percentile)[k])
 
     def percentile_of(self, scores: torch.Tensor) -> torch.Tensor:
         """Percentile (0-100) of each raw score in the training distribution; scores: (..., K)."""
@@ -67,15 +74,6 @@ class ConceptStats:
     def subset(self, keep: Sequence[int]) -> "ConceptStats":
         keep = list(keep)
         return ConceptStats(tuple(self.names[i] for i in keep), self.mean[keep], self.std[keep], self.quantiles[:, keep])
-
-
-def _interp(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.Tensor:
-    """Monotone piecewise-linear interpolation (np.interp) that tolerates repeated xp."""
-    idx = torch.searchsorted(xp.contiguous(), x.contiguous(), right=True).clamp(1, len(xp) - 1)
-    x0, x1 = xp[idx - 1], xp[idx]
-    y0, y1 = fp[idx - 1], fp[idx]
-    t = torch.where(x1 > x0, (x - x0) / (x1 - x0).clamp_min(1e-12), torch.full_like(x, 0.5))
-    return (y0 + t.clamp(0, 1) * (y1 - y0)).where(x >= xp[0], fp[0]).where(x <= xp[-1], fp[-1])
 
 
 @dataclass(frozen=True, eq=False)

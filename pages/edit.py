@@ -9,14 +9,9 @@ from cbm_core import BundleError, CBMError, compare, prune_concepts, set_weight
 from ui import common, sidebar
 from ui.data_source import evaluation_features
 
-sidebar.ensure_drawn()  # no-op under app.py; a deep link straight to this file still gets the sidebar
-st.title("Edit the model")
-st.caption("Global edits change the model for every image. Preview their effect on validation data — overall, per "
-           "class and on the worst group — then apply them to this session's model and save a new bundle.")
-
-pipe = common.pipeline()
-if pipe is None:
-    st.stop()
+pipe = sidebar.open_page("Edit the model",
+                         "Global edits change the model for every image. Preview their effect on validation data — "
+                         "overall, per class and on the worst group — then apply them to this session's model and save a new bundle.")
 model = st.session_state["model"]
 feats = evaluation_features("edit")
 

@@ -9,11 +9,7 @@ from cbm_core.demo.build_bundle import load_demo_features
 from ui import charts, common, sidebar
 from ui.data_source import evaluation_features
 
-sidebar.ensure_drawn()  # no-op under app.py; a deep link straight to this file still gets the sidebar
-st.title("Evaluate")
-pipe = common.pipeline()
-if pipe is None:
-    st.stop()
+pipe = sidebar.open_page("Evaluate")
 model = st.session_state["model"]
 feats = evaluation_features("evaluate", default_split="test")
 if feats is None:

@@ -7,13 +7,8 @@ import streamlit as st
 from cbm_core import ImageError, decode_image, overlay
 from ui import charts, common, sidebar
 
-sidebar.ensure_drawn()  # no-op under app.py; a deep link straight to this file still gets the sidebar
-st.title("Inspect")
-st.caption("Upload images (or pick demo birds) to see what the model predicts, which concepts drive it, and where in the image it sees them.")
-
-pipe = common.pipeline()
-if pipe is None:
-    st.stop()
+pipe = sidebar.open_page("Inspect", "Upload images (or pick demo birds) to see what the model predicts, which concepts "
+                                    "drive it, and where in the image it sees them.")
 images = common.session_images()
 
 with st.container(border=True):
@@ -25,7 +20,7 @@ with st.container(border=True):
             continue
         data = up.getvalue()
         try:
-            decode_image(data, up.name)  # validate now; the pipeline decodes again from its cache key
+            pipe.encode(data, up.name)  # decode + encode once; the result is cached by content hash
         except ImageError as exc:
             left.error(str(exc))
             continue

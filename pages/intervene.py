@@ -6,14 +6,9 @@ import streamlit as st
 from cbm_core import CBMError, ImageError, Intervention, counterfactual
 from ui import charts, common, sidebar
 
-sidebar.ensure_drawn()  # no-op under app.py; a deep link straight to this file still gets the sidebar
-st.title("Intervene")
-st.caption("Switch a concept off (to its typical 'absent' level) or set how strongly it is present, and see the "
-           "class probabilities change. Every change is recorded: undo, redo, export.")
-
-pipe = common.pipeline()
-if pipe is None:
-    st.stop()
+pipe = sidebar.open_page("Intervene",
+                         "Switch a concept off (to its typical 'absent' level) or set how strongly it is present, and see "
+                         "the class probabilities change. Every change is recorded: undo, redo, export.")
 model = pipe.model
 images = common.session_images()
 if not images:

@@ -63,3 +63,16 @@ def run_page(page) -> None:
 def ensure_drawn() -> None:
     if not getattr(_state, "drawn", False):
         draw()
+
+
+def open_page(title: str, caption: str | None = None):
+    """Every page's first lines: the sidebar (if app.py has not drawn it), the title, and the
+    session's pipeline — or the reason there is none, and the page stops."""
+    ensure_drawn()
+    st.title(title)
+    if caption:
+        st.caption(caption)
+    pipe = common.pipeline()
+    if pipe is None:
+        st.stop()
+    return pipe
