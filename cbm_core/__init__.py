@@ -24,6 +24,7 @@ from .images import decode_image
 from .overlay import overlay
 from .interventions import ConceptChange, Intervention
 from .model import ConceptBottleneckModel, ConceptStats, Explanation
+from .head_slice import HeadSlice
 from .pipeline import EncodedImage, EncodingCache, Pipeline
 from .recipes import PCBM, PathPoint, regularization_path
 from .build import BuildResult, build_cbm
@@ -36,7 +37,7 @@ __all__ = [
     "PCBM", "PathPoint", "regularization_path", "build_cbm", "BuildResult",
     "DenseConceptMaps", "GradCAM", "Occlusion", "SaliencyMaps", "class_maps",
     "ConceptBottleneckModel", "ConceptStats", "Explanation",
-    "Intervention", "ConceptChange", "Counterfactual", "counterfactual",
+    "Intervention", "ConceptChange", "HeadSlice", "Counterfactual", "counterfactual",
     "EditResult", "prune_concepts", "set_weight", "replay",
     "Metrics", "evaluate", "compare", "confusion_matrix", "cooccurrence_warnings", "random_concept_baseline",
     "save_bundle", "load_bundle", "read_manifest",

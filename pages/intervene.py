@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from cbm_core import CBMError, ImageError, Intervention, counterfactual
-from ui import charts, common, sidebar
+from cbm_core import CBMError, HeadSlice, ImageError, Intervention, counterfactual
+from ui import common, live_panel, sidebar
 
 pipe = sidebar.open_page("Intervene",
                          "Switch a concept off (to its typical 'absent' level) or set how strongly it is present, and see "
@@ -28,7 +28,7 @@ state = st.session_state
 if state.get("intervene_for") != (current, state.get("bundle_path"), len(model.edit_log)):
     state["intervene_for"] = (current, state.get("bundle_path"), len(model.edit_log))
     state["history"], state["history_pos"] = [()], 0
-    state.pop("intervene_synced", None)
+LIVE_KEY = "live_panel"
 
 
 def active() -> Intervention:
@@ -40,34 +40,27 @@ def push(intervention: Intervention) -> None:
     state["history_pos"] = len(state["history"]) - 1
 
 
-def sync_widgets() -> None:
-    """Make every toggle and slider show the active intervention (after undo, import, ...)."""
-    exp = pipe.explain_encoded([enc], active())
-    off = {c.concept for c in active().changes if c.op == "ablate"}
-    for k, name in enumerate(model.concepts.names):
-        state[f"on_{k}"] = name not in off
-        state[f"pct_{k}"] = int(round(float(exp.percentiles[0, k])))
-    state["intervene_synced"] = state["history_pos"], len(state["history"])
-
-
-def on_toggle(k: int, name: str) -> None:
-    iv = active().without(name)
-    push(iv if state[f"on_{k}"] else iv.ablate(name))
-
-
-def on_slide(k: int, name: str) -> None:
-    state[f"on_{k}"] = True
-    push(active().without(name).set(name, percentile=float(state[f"pct_{k}"])))
+def apply_browser_edit() -> None:
+    """Fold the live panel's latest finished change into the history (one entry per change)."""
+    edit = live_panel.pending_edit(LIVE_KEY, state.get("live_ack", 0))
+    if edit is None:
+        return
+    seq, settings = edit
+    state["live_ack"] = seq
+    names = set(model.concepts.names)
+    settings = {name: setting for name, setting in settings.items() if name in names}
+    slice_now = HeadSlice.from_model(model, enc.embedding, list(settings), active())
+    changed = slice_now.intervention_with(settings)
+    if set(changed.changes) != set(active().changes):
+        push(changed)
 
 
 def move(step: int) -> None:
     state["history_pos"] = max(0, min(len(state["history"]) - 1, state["history_pos"] + step))
-    sync_widgets()
 
 
 def reset() -> None:
     push(Intervention())
-    sync_widgets()
 
 
 def apply_counterfactual(target: str) -> None:
@@ -78,58 +71,37 @@ def apply_counterfactual(target: str) -> None:
         f"No change within the observed 5th–95th percentile range makes it {target}.")
     if cf.success:
         push(cf.intervention)
-        sync_widgets()
 
-
-if state.get("intervene_synced") is None:
-    sync_widgets()
 
 original = pipe.explain_encoded([enc])
 top_class_idx = [int(i) for i in original.top_classes(3)[0]]
 
 
 @st.fragment
-def live_panel() -> None:
+def live() -> None:
+    apply_browser_edit()
     iv = active()
-    exp = pipe.explain_encoded([enc], iv)
-    left, right = st.columns([5, 4], gap="large")
-    with right:
-        pred = exp.class_names[int(exp.predicted[0])]
-        was = original.class_names[int(original.predicted[0])]
-        if pred != was:
-            st.success(f"Prediction changed: **{was} → {pred}**")
-        else:
-            st.markdown(f"Prediction: **{pred}**")
-        st.plotly_chart(charts.probability_change(original.compare(exp).head(6)), width="stretch",
-                        key="live_probs")
-        st.plotly_chart(charts.waterfall(exp.waterfall(0, int(exp.predicted[0]), top=6)), width="stretch",
-                        key="live_waterfall")
-    with left:
-        bar = st.columns(3)
-        bar[0].button("Undo", icon=":material/undo:", on_click=move, args=(-1,), disabled=state["history_pos"] == 0, width="stretch")
-        bar[1].button("Redo", icon=":material/redo:", on_click=move, args=(1,), disabled=state["history_pos"] >= len(state["history"]) - 1,
-                      width="stretch")
-        bar[2].button("Reset", on_click=reset, disabled=not iv, width="stretch")
-        st.caption(("Active: " + "; ".join(iv.describe())) if iv else "No changes yet.")
-        filters = st.columns([3, 2])
-        query = filters[0].text_input("Search concepts", key="concept_search", placeholder="e.g. beak")
-        only = filters[1].toggle("Only relevant concepts", value=True, key="only_relevant",
-                                 help="Only concepts with a non-zero weight for one of the three most likely classes.")
-        relevant = {k for k in range(model.n_concepts) if any(float(model.weight[c, k]) != 0 for c in top_class_idx)}
-        frame = original.to_frame(0)
-        order = [model.concepts.index(n) for n in frame.concept]
-        shown = [k for k in order if (not only or k in relevant) and query.lower() in model.concepts.names[k].lower()]
-        changed = set(iv.concepts)
-        st.caption(f"{len(shown)} of {model.n_concepts} concepts · sorted by their effect on the original prediction")
-        for k in shown[:40]:
-            name = model.concepts.names[k]
-            row = st.columns([3, 1, 4])
-            row[0].markdown(("**" + name + "** ✎") if name in changed else name)
-            row[1].toggle(name, key=f"on_{k}", on_change=on_toggle, args=(k, name), label_visibility="collapsed")
-            row[2].slider(f"{name} percentile", 0, 100, key=f"pct_{k}", on_change=on_slide, args=(k, name),
-                          disabled=not state[f"on_{k}"], label_visibility="collapsed", format="p%d")
-        if len(shown) > 40:
-            st.caption(f"{len(shown) - 40} more — narrow the search to see them.")
+    bar = st.columns([1, 1, 1, 4])
+    bar[0].button("Undo", icon=":material/undo:", on_click=move, args=(-1,), disabled=state["history_pos"] == 0,
+                  width="stretch")
+    bar[1].button("Redo", icon=":material/redo:", on_click=move, args=(1,),
+                  disabled=state["history_pos"] >= len(state["history"]) - 1, width="stretch")
+    bar[2].button("Reset", on_click=reset, disabled=not iv, width="stretch")
+    bar[3].caption(("Active: " + "; ".join(iv.describe())) if iv else "No changes yet.")
+    filters = st.columns([3, 3, 4])
+    query = filters[0].text_input("Search concepts", key="concept_search", placeholder="e.g. beak")
+    only = filters[1].toggle("Only relevant concepts", value=True, key="only_relevant",
+                             help="Only concepts with a non-zero weight for one of the three most likely classes.")
+    relevant = {k for k in range(model.n_concepts) if any(float(model.weight[c, k]) != 0 for c in top_class_idx)}
+    order = [model.concepts.index(n) for n in original.to_frame(0).concept]
+    shown = [k for k in order if (not only or k in relevant) and query.lower() in model.concepts.names[k].lower()]
+    filters[2].caption(f"{len(shown)} of {model.n_concepts} concepts, sorted by their effect on the original "
+                       "prediction" + (" (the first 40 shown; narrow the search for others)" if len(shown) > 40 else ""))
+    shown_names = [model.concepts.names[k] for k in shown[:40]]
+    live_panel.live_panel(HeadSlice.from_model(model, enc.embedding, shown_names, iv), state.get("live_ack", 0),
+                          LIVE_KEY)
+    st.download_button("Export this intervention (JSON)", iv.to_json(), file_name="intervention.json",
+                        mime="application/json", disabled=not iv)
 
 
 top_row = st.columns([5, 4], gap="large")
@@ -139,7 +111,7 @@ with top_row[0]:
     st.caption("Toggle a concept off to set it to its typical 'absent' level (the training mean); drag its slider to "
                "set it to a percentile of the training images. The charts on the right follow every change.")
 top_row[1].image(images[current], width=200)
-live_panel()
+live()
 
 st.divider()
 cf_cols = st.columns([2, 2, 3])
@@ -150,10 +122,7 @@ cf_cols[1].button("Find the fewest changes", width="stretch", on_click=apply_cou
 if state.get("cf_message"):
     cf_cols[2].info(state["cf_message"])
 
-io_cols = st.columns(2)
-io_cols[0].download_button("Export this intervention (JSON)", active().to_json(), file_name="intervention.json",
-                           mime="application/json", disabled=not active())
-upload = io_cols[1].file_uploader("Import an intervention", type=["json"], key="iv_import")
+upload = st.file_uploader("Import an intervention", type=["json"], key="iv_import")
 if upload is not None and state.get("iv_imported") != upload.file_id:
     state["iv_imported"] = upload.file_id
     try:
@@ -161,7 +130,6 @@ if upload is not None and state.get("iv_imported") != upload.file_id:
         for c in iv.concepts:
             model.concepts.index(c)
         push(iv)
-        sync_widgets()
         st.rerun()
     except (CBMError, UnicodeError) as exc:
         st.error(f"Could not import '{upload.name}': {exc}")

@@ -1,7 +1,9 @@
 """Every page with Streamlit's AppTest, on the shipped demo bundle: the numbers shown are the engine's."""
+import json
 from pathlib import Path
 
 import pytest
+import torch
 from streamlit.testing.v1 import AppTest
 
 from cbm_core import Intervention, Pipeline, compare, prune_concepts
@@ -57,28 +59,42 @@ def test_inspect_upload_a_good_and_a_corrupt_image(engine):
     assert exp.class_names[int(exp.predicted[0])] in headline
 
 
-def test_intervene_toggle_changes_the_prediction_exactly_as_the_engine_says(engine):
+def live_data(at) -> dict:
+    """The data the Intervene page hands its live panel (the browser component)."""
+    panel = [e for e in at.get("bidi_component") if e.key == "live_panel"]
+    assert len(panel) == 1
+    return json.loads(panel[0].proto.json)
+
+
+def test_intervene_switching_a_concept_off_changes_the_prediction_exactly_as_the_engine_says(engine):
     at = page("intervene")
     at.session_state["images"] = {"diver on land": sample("azure_diver_on_land").read_bytes()}
     at.run()
     assert not at.exception, at.exception
-    model = engine.model
     data = sample("azure_diver_on_land").read_bytes()
-    top = engine.explain(data).to_frame(0).concept[0]  # the concept that matters most: listed first
-    k = model.concepts.index(top)
-    at.toggle(key=f"on_{k}").set_value(False).run()
+    before = engine.explain(data)
+    top = before.to_frame(0).concept[0]  # the concept that matters most: listed first
+    shown = live_data(at)
+    assert shown["concepts"][0] == top and shown["ack"] == 0
+    assert torch.allclose(torch.tensor(shown["original_probs"]), before.probs[0], atol=1e-6)
+
+    # What the browser sends when the user switches the concept off (live_panel.js, "edit").
+    at.session_state["live_panel"] = {"edit": {"seq": 1, "settings": {top: {"off": True}}}}
+    at.run()
     assert not at.exception, at.exception
     after = engine.explain(data, Intervention().ablate(top))
-    pred = after.class_names[int(after.predicted[0])]
-    shown = " ".join(m.value for m in at.markdown) + " ".join(s.value for s in at.success)
-    assert pred in shown
-    before = engine.explain(data)
-    changed = int(before.predicted[0]) != int(after.predicted[0])
-    assert any("Prediction changed" in s.value for s in at.success) == changed
     assert at.session_state["history"][-1] == Intervention().ablate(top).changes
     assert any(f"switch off '{top}'" in c.value for c in at.caption)
+    shown = live_data(at)
+    assert shown["ack"] == 1 and shown["off"][0] is True
+    # The panel's own arithmetic (HeadSlice, mirrored by live_panel.js) gives the engine's probabilities.
+    logits = torch.tensor(shown["base"]) + torch.tensor(shown["weight"]) @ torch.tensor(shown["z"])
+    assert torch.allclose(logits.softmax(-1), after.probs[0], atol=1e-5)
+    at.run()  # the same edit again (a plain rerun) is not recorded twice
+    assert len(at.session_state["history"]) == 2
+
     at.button[0].click().run()  # undo
-    assert at.session_state["history_pos"] == 0 and at.toggle(key=f"on_{k}").value is True
+    assert at.session_state["history_pos"] == 0 and live_data(at)["off"][0] is False
 
 
 def test_edit_preview_shows_the_engines_numbers():
