@@ -12,7 +12,9 @@ the 96 px image and scored against the part's pixel mask:
 - deletion / insertion AUC of the concept's cosine score as pixels are removed from (or restored
   to) the image in the map's order, most salient first (deletion: lower is better).
 
-A random map (smooth noise) is scored beside every method.
+A random map (smooth noise) is scored beside every method, and so is an oracle at each grid
+(``oracle-3`` is the true part mask averaged onto the model's native 3 x 3 grid, then aligned and
+upsampled like every map): the best a map at that resolution can score.
 """
 from __future__ import annotations
 
@@ -60,6 +62,12 @@ def method_maps(name: str, backbone, pixels: torch.Tensor, vectors: torch.Tensor
     raise ValueError(name)
 
 
+def oracle_maps(masks: list[np.ndarray], grid: int, image_size) -> SaliencyMaps:
+    """The true masks averaged onto a grid x grid map: what a perfect map at that resolution shows."""
+    t = torch.from_numpy(np.stack(masks).astype(np.float32))[None]
+    return SaliencyMaps(F.adaptive_avg_pool2d(t, grid), image_size, f"oracle-{grid}")
+
+
 @torch.no_grad()
 def deletion_insertion(backbone, pixels: torch.Tensor, vector: torch.Tensor, saliency: np.ndarray, steps: int = 10):
     """AUCs of the concept score while deleting / inserting pixels in saliency order (one image)."""
@@ -81,7 +89,8 @@ def deletion_insertion(backbone, pixels: torch.Tensor, vector: torch.Tensor, sal
 def run(n_images: int = 200, n_auc_images: int = 40, seed: int = 0, methods=None) -> dict:
     torch.manual_seed(seed)
     backbone = load_backbone("demo", device="cpu")
-    methods = methods or ["dense", "dense-surgery", "dense-x3", "dense-surgery-x3", "gradcam", "random"]
+    methods = methods or ["dense", "dense-surgery", "dense-x3", "dense-surgery-x3", "gradcam", "random", "oracle-3",
+                         "oracle-12"]
     names = list(PART_CONCEPTS)
     vectors = backbone.embed_prompts(names, [CONCEPT_TEMPLATE])
     birds = [sample_bird(seed, i, "test") for i in range(n_images)]
@@ -93,7 +102,11 @@ def run(n_images: int = 200, n_auc_images: int = 40, seed: int = 0, methods=None
         for i, bird in enumerate(birds):
             labels = bird.concept_labels()
             present = [k for k, n in enumerate(names) if labels[n]]
-            maps = method_maps(method, backbone, pixels[i:i + 1], vectors[present], seed + i)
+            if method.startswith("oracle-"):
+                maps = oracle_maps([concept_mask(rendered[i][1], names[k]) for k in present], int(method.split("-")[1]),
+                                   backbone.image_size)
+            else:
+                maps = method_maps(method, backbone, pixels[i:i + 1], vectors[present], seed + i)
             aligned = maps.to_image((IMAGE_SIZE, IMAGE_SIZE))[0].numpy()
             for j, k in enumerate(present):
                 name = names[k]
@@ -125,6 +138,9 @@ def run(n_images: int = 200, n_auc_images: int = 40, seed: int = 0, methods=None
             "machine": f"{platform.machine()}, {torch.get_num_threads()} threads", "methods": results}
 
 
+GENERATED_END = "<!-- end of generated tables; analysis below is kept when they are regenerated -->"
+
+
 def write_docs(result: dict) -> Path:
     DOCS.mkdir(exist_ok=True)
     (DOCS / "saliency_eval.json").write_text(json.dumps(result, indent=2))
@@ -145,7 +161,10 @@ def write_docs(result: dict) -> Path:
             f"{r['per_concept'][concept]['hit']:.2f}" if r["per_concept"][concept]["hit"] is not None else "–"
             for r in result["methods"].values()) + " |")
     path = DOCS / "SALIENCY.md"
-    path.write_text("\n".join(lines) + "\n")
+    # Keep the hand-written analysis below the marker; only the tables above it are regenerated.
+    old = path.read_text() if path.exists() else ""
+    analysis = old[old.index(GENERATED_END):] if GENERATED_END in old else GENERATED_END + "\n"
+    path.write_text("\n".join(lines) + "\n\n" + analysis)
     return path
 
 
