@@ -154,23 +154,37 @@ export default function (component) {
       bars.append(row);
     }
 
+    // A waterfall of the predicted class's score: everything else (bias, residual head, concepts not
+    // on screen), then the largest on-screen contributions, each bar starting where the last ended.
     const contrib = root.querySelector(".contrib");
-    contrib.replaceChildren(el("div", "subtitle", `Why ${d.classes[pred]}: the largest concept contributions to its score`));
+    contrib.replaceChildren(el("div", "subtitle", `Why ${d.classes[pred]}: its score, step by step`));
     const parts = d.concepts.map((name, i) => ({ name, value: d.weight[pred][i] * z[i] }))
       .filter((p) => p.value !== 0).sort((a, b) => Math.abs(b.value) - Math.abs(a.value)).slice(0, TOP_CONTRIBUTIONS);
-    const scale = Math.max(1e-9, ...parts.map((p) => Math.abs(p.value)));
-    for (const part of parts) {
+    const rest = logits[pred] - parts.reduce((acc, p) => acc + p.value, 0);
+    const steps = [{ name: "bias and all other concepts", value: rest, kind: "rest" }, ...parts,
+      { name: `score of ${d.classes[pred]}`, value: logits[pred], kind: "total" }];
+    let running = 0;
+    for (const step of steps) {
+      step.from = step.kind === "total" ? 0 : running;
+      step.to = step.kind === "total" ? step.value : running + step.value;
+      running = step.to;
+    }
+    const ends = steps.flatMap((s) => [s.from, s.to]);
+    const low = Math.min(0, ...ends), high = Math.max(0, ...ends), span = Math.max(high - low, 1e-9);
+    const at = (v) => `${(100 * (v - low)) / span}%`;
+    for (const step of steps) {
       const row = el("div", "bar-row");
-      const track = el("div", "track diverging");
-      const fill = el("div", part.value >= 0 ? "fill pos" : "fill neg");
-      fill.style.width = `${(50 * Math.abs(part.value)) / scale}%`;
-      track.append(fill);
-      row.append(el("span", "cls", part.name), track,
-        el("span", "prob", `${part.value >= 0 ? "+" : "−"}${Math.abs(part.value).toFixed(2)}`));
+      const track = el("div", "track waterfall");
+      const bar = el("div", `fill ${step.kind || (step.value >= 0 ? "pos" : "neg")}`);
+      bar.style.left = at(Math.min(step.from, step.to));
+      bar.style.width = `${(100 * Math.abs(step.to - step.from)) / span}%`;
+      const zero = el("div", "zero"); zero.style.left = at(0);
+      track.append(zero, bar);
+      const sign = step.kind === "total" ? "" : step.value >= 0 ? "+" : "−";
+      row.append(el("span", `cls ${step.kind || ""}`, step.name), track,
+        el("span", "prob", `${sign}${Math.abs(step.value).toFixed(2)}`));
       contrib.append(row);
     }
-    contrib.append(el("div", "note", `Score of ${d.classes[pred]}: ${logits[pred].toFixed(2)} `
-      + "(these concepts, plus the bias and every other concept)."));
     root.dataset.probs = JSON.stringify(Object.fromEntries(d.classes.map((c, k) => [c, probs[k]])));
   }
 }
