@@ -173,31 +173,44 @@ class GradCAM:
     def attribute(self, pixels: torch.Tensor, concept_vectors: torch.Tensor) -> SaliencyMaps:
         """pixels: (N, 3, H, W) preprocessed; concept_vectors: (K, D). Returns (N, K, h, w)."""
         bb = self.backbone
-        K = concept_vectors.shape[0]
         vectors = F.normalize(concept_vectors.float(), dim=-1).to(bb.device)
+        K, D = vectors.shape
         out = []
         for image in pixels:
             with torch.no_grad():
                 act = self._trunk(image[None].to(bb.device, bb.dtype))
-            # Replicate the activation K times: copy k feeds only concept k's score, so one
-            # backward of the summed scores gives every concept its own gradient.
-            rep = act.expand(K, *act.shape[1:]).detach().clone().requires_grad_(True)
+            act = act.detach().requires_grad_(True)
             with torch.enable_grad():
-                emb = F.normalize(self._tail(rep).float(), dim=-1)
-                scores = (emb * vectors).sum(-1)
-                (grad,) = torch.autograd.grad(scores.sum(), rep)
-            out.append(self._cam(rep.detach().float(), grad.float()).cpu())
+                emb = self._tail(act).float()  # (1, D)
+            # d cos(e, v_k) / de = (v_k - s_k ê) / |e|, and Grad-CAM's channel weights (the spatial
+            # mean of d s_k / dA) are linear in that output gradient. So min(K, D) vector-Jacobian
+            # products, batched in one backward pass, give every concept its weights: the K output
+            # gradients themselves, or the D basis vectors combined afterwards.
+            norm = emb.norm()
+            unit = emb[0] / norm
+            out_grads = (vectors - (vectors @ unit)[:, None] * unit) / norm  # (K, D)
+            basis = out_grads if K <= D else torch.eye(D, device=bb.device)
+            (grads,) = torch.autograd.grad(emb, act, grad_outputs=basis[:, None, :].to(emb.dtype),
+                                           is_grads_batched=True)  # (B, 1, *act.shape[1:])
+            weights = self._channel_weights(grads[:, 0].float())  # (B, C)
+            if K > D:
+                weights = out_grads @ weights
+            out.append(self._cam(act.detach()[0].float(), weights).cpu())
         return SaliencyMaps(torch.stack(out), bb.image_size, self.method, bb.resize_mode)
 
-    def _cam(self, act: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    def _channel_weights(self, grads: torch.Tensor) -> torch.Tensor:
+        """Spatial mean of activation gradients, (B, C); the ViT class token is left out."""
         if self.backbone.kind == "vit":
-            act, grad = act[:, 1:], grad[:, 1:]  # drop the class token
-            weights = grad.mean(dim=1, keepdim=True)  # (K, 1, C)
-            cam = F.relu((weights * act).sum(-1))  # (K, L-1)
+            return grads[:, 1:].mean(dim=1)  # grads: (B, L, C)
+        return grads.mean(dim=(2, 3))  # grads: (B, C, h, w)
+
+    def _cam(self, act: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """act: one image's activation; weights: (K, C). Returns (K, h, w)."""
+        if self.backbone.kind == "vit":
+            cam = F.relu(weights @ act[1:].T)  # act: (L, C) -> (K, L-1)
             side = int(round(cam.shape[1] ** 0.5))
             return cam.reshape(-1, side, side)
-        weights = grad.mean(dim=(2, 3), keepdim=True)  # (K, C, 1, 1)
-        return F.relu((weights * act).sum(1))  # (K, h, w)
+        return F.relu(torch.einsum("kc,chw->khw", weights, act))  # act: (C, h, w)
 
 
 class Occlusion:
