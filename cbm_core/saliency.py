@@ -190,13 +190,22 @@ class GradCAM:
             unit = emb[0] / norm
             out_grads = (vectors - (vectors @ unit)[:, None] * unit) / norm  # (K, D)
             basis = out_grads if K <= D else torch.eye(D, device=bb.device)
-            (grads,) = torch.autograd.grad(emb, act, grad_outputs=basis[:, None, :].to(emb.dtype),
-                                           is_grads_batched=True)  # (B, 1, *act.shape[1:])
-            weights = self._channel_weights(grads[:, 0].float())  # (B, C)
+            weights = self._channel_weights(self._vjps(act, emb, basis))  # (B, C)
             if K > D:
                 weights = out_grads @ weights
             out.append(self._cam(act.detach()[0].float(), weights).cpu())
         return SaliencyMaps(torch.stack(out), bb.image_size, self.method, bb.resize_mode)
+
+    def _vjps(self, act: torch.Tensor, emb: torch.Tensor, cotangents: torch.Tensor) -> torch.Tensor:
+        """(B, *act.shape[1:]): the gradient of ``cotangents[b] . emb`` with respect to ``act``."""
+        try:
+            (grads,) = torch.autograd.grad(emb, act, grad_outputs=cotangents[:, None, :], is_grads_batched=True)
+            return grads[:, 0].float()
+        except RuntimeError:  # an op without a vmap rule (some fused attention kernels): replicate instead
+            rep = act.detach().expand(len(cotangents), *act.shape[1:]).clone().requires_grad_(True)
+            with torch.enable_grad():
+                (grads,) = torch.autograd.grad((self._tail(rep).float() * cotangents).sum(), rep)
+            return grads.float()
 
     def _channel_weights(self, grads: torch.Tensor) -> torch.Tensor:
         """Spatial mean of activation gradients, (B, C); the ViT class token is left out."""

@@ -125,3 +125,18 @@ def test_class_maps_split_evidence_for_and_against(hand_model):
     m = maps.maps / maps.maps.flatten(2).amax(-1)[..., None, None]
     torch.testing.assert_close(pos[0], m[0, 0])
     torch.testing.assert_close(neg[0], 2 * m[0, 1] + m[0, 3])
+
+
+def test_gradcam_falls_back_to_replication_where_batched_gradients_are_not_supported(tiny_rn, monkeypatch):
+    pixels = torch.randn(1, 3, *tiny_rn.image_size)
+    vectors = F.normalize(torch.randn(40, tiny_rn.embed_dim), dim=1)
+    batched = GradCAM(tiny_rn).attribute(pixels, vectors).maps
+    real_grad = torch.autograd.grad
+
+    def no_vmap(*args, is_grads_batched=False, **kwargs):  # as with a fused kernel that has no vmap rule
+        if is_grads_batched:
+            raise RuntimeError("Batching rule not implemented")
+        return real_grad(*args, **kwargs)
+
+    monkeypatch.setattr(torch.autograd, "grad", no_vmap)
+    torch.testing.assert_close(GradCAM(tiny_rn).attribute(pixels, vectors).maps, batched, atol=1e-5, rtol=1e-4)
