@@ -35,7 +35,7 @@ def main() -> None:
         bb.encode_images(pixels, batch_size=64)
         bare = args.n / (time.perf_counter() - t)
         rows = []
-        for workers in sorted({0, min(2, os.cpu_count() or 1), min(4, os.cpu_count() or 1)}):
+        for workers in sorted({0, 1, min(2, os.cpu_count() or 1), min(4, os.cpu_count() or 1)}):
             t = time.perf_counter()
             extract_features(bb, ds, use_cache=False, num_workers=workers, batch_size=64)
             ours = args.n / (time.perf_counter() - t)

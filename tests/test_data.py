@@ -94,3 +94,32 @@ def test_workers_give_the_same_features(tmp_path, tiny_vit):
     a = extract_features(tiny_vit, ds, use_cache=False, num_workers=0, batch_size=5)
     b = extract_features(tiny_vit, ds, use_cache=False, num_workers=2, batch_size=5)
     torch.testing.assert_close(a.embeddings, b.embeddings)
+
+
+def test_uint8_loading_gives_the_features_of_the_backbones_own_preprocessing(tmp_path, tiny_vit):
+    # Workers ship uint8 and the batch is normalised on the device; the pixels must be open_clip's.
+    from cbm_core.images import decode_image
+
+    root = write_class_folder(tmp_path / "data", per_class=3)
+    (root / "red" / "empty.png").write_bytes(b"")  # skipped, and the rest still line up
+    shape_image("blue", 99, size=70).save(root / "blue" / "wide.png")  # resized and cropped on the way
+    ds = ImageDataset.from_folder(root)
+    feats = extract_features(tiny_vit, ds, use_cache=False, num_workers=0, batch_size=4)
+    reference = tiny_vit.encode_images(
+        tiny_vit.preprocess_images([decode_image(ds.records[i].path) for i in feats.kept])).embeddings
+    torch.testing.assert_close(feats.embeddings, reference, atol=1e-5, rtol=1e-4)
+    tensors = extract_features(tiny_vit, TensorItems(tiny_vit, [decode_image(ds.records[i].path) for i in feats.kept]))
+    torch.testing.assert_close(tensors.embeddings, reference, atol=1e-5, rtol=1e-4)
+
+
+class TensorItems(torch.utils.data.Dataset):
+    """A torch Dataset that hands out already preprocessed float tensors."""
+
+    def __init__(self, backbone, images):
+        self.pixels = backbone.preprocess_images(images)
+
+    def __len__(self):
+        return len(self.pixels)
+
+    def __getitem__(self, i):
+        return self.pixels[i], 0
