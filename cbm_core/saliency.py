@@ -141,34 +141,57 @@ class DenseConceptMaps:
 
 
 class GradCAM:
-    """Grad-CAM of each concept's cosine score; all K concepts in one batched backward pass."""
+    """Grad-CAM of each concept's cosine score; all K concepts in one batched backward pass.
+
+    ``layer``: where the activation is taken. ViT: the input of block ``layer`` (default the last
+    block; the class token is dropped). ResNet: the output of stage ``layer`` of 1-4 (default 4,
+    the last; earlier stages give finer grids, 2x per stage, from a deeper tail)."""
 
     method = "gradcam"
 
-    def __init__(self, backbone: Backbone):
+    def __init__(self, backbone: Backbone, layer: int | None = None):
         self.backbone = backbone
+        visual = backbone.model.visual
+        if backbone.kind == "vit":
+            n = len(visual.transformer.resblocks)
+            self.layer = n - 1 if layer is None else layer
+            if not 0 <= self.layer < n:
+                raise ValueError(f"layer must be a block index in 0..{n - 1} for this ViT; got {layer}.")
+        elif backbone.kind == "resnet":
+            self.layer = 4 if layer is None else layer
+            if self.layer not in (1, 2, 3, 4):
+                raise ValueError(f"layer must be a ResNet stage, 1-4; got {layer}.")
+        else:
+            raise NotImplementedError(f"Grad-CAM needs a ViT or ResNet open_clip tower, not {type(visual).__name__}.")
+
+    def _stages(self):
+        visual = self.backbone.model.visual
+        return (visual.layer1, visual.layer2, visual.layer3, visual.layer4)
 
     def _trunk(self, pixels: torch.Tensor) -> torch.Tensor:
         visual = self.backbone.model.visual
         if self.backbone.kind == "vit":
             x = visual._embeds(pixels)
-            for block in visual.transformer.resblocks[:-1]:
+            for block in visual.transformer.resblocks[:self.layer]:
                 x = block(x)
-            return x  # (N, L, C): the input of the last block
-        if self.backbone.kind == "resnet":
-            x = visual.stem(pixels)
-            for layer in (visual.layer1, visual.layer2, visual.layer3, visual.layer4):
-                x = layer(x)
-            return x  # (N, C, h, w)
-        raise NotImplementedError(f"Grad-CAM needs a ViT or ResNet open_clip tower, not {type(visual).__name__}.")
+            return x  # (N, L, C): the input of block ``layer``
+        x = visual.stem(pixels)
+        for stage in self._stages()[:self.layer]:
+            x = stage(x)
+        return x  # (N, C, h, w)
 
     def _tail(self, activation: torch.Tensor) -> torch.Tensor:
         visual = self.backbone.model.visual
         if self.backbone.kind == "vit":
-            x = visual.transformer.resblocks[-1](activation)
+            x = activation
+            for block in visual.transformer.resblocks[self.layer:]:
+                x = block(x)
             pooled, _ = visual._pool(x)
             return pooled @ visual.proj if visual.proj is not None else pooled
-        return visual.attnpool(activation)
+        x = activation
+        for stage in self._stages()[self.layer:]:
+            x = stage(x)
+        return visual.attnpool(x)
 
     def attribute(self, pixels: torch.Tensor, concept_vectors: torch.Tensor) -> SaliencyMaps:
         """pixels: (N, 3, H, W) preprocessed; concept_vectors: (K, D). Returns (N, K, h, w)."""

@@ -71,18 +71,27 @@ def plain_gradcam(cam: GradCAM, pixels: torch.Tensor, vector: torch.Tensor) -> t
     return F.relu(torch.einsum("c,chw->hw", weights, act[0].detach()))
 
 
-@pytest.mark.parametrize("fixture", ["tiny_vit", "tiny_rn"])
+@pytest.mark.parametrize("fixture,layer", [("tiny_vit", None), ("tiny_rn", None), ("tiny_vit", 0), ("tiny_rn", 2)])
 @pytest.mark.parametrize("k", [6, 40])  # fewer and more concepts than the embedding's 32 dimensions
-def test_batched_gradcam_equals_the_per_concept_loop(fixture, k, request):
+def test_batched_gradcam_equals_the_per_concept_loop(fixture, layer, k, request):
     bb = request.getfixturevalue(fixture)
     torch.manual_seed(k)
     pixels = torch.randn(1, 3, *bb.image_size)
     vectors = F.normalize(torch.randn(k, bb.embed_dim), dim=1)
-    cam = GradCAM(bb)
+    cam = GradCAM(bb, layer=layer)
     batched = cam.attribute(pixels, vectors).maps
     looped = torch.stack([plain_gradcam(cam, pixels, vectors[j]) for j in range(k)])[None]
     torch.testing.assert_close(batched, looped, atol=1e-5, rtol=1e-4)
     assert batched.shape[:2] == (1, k) and (batched >= 0).all() and batched.amax() > 0
+
+
+def test_gradcam_at_an_earlier_resnet_stage_has_a_finer_grid(tiny_rn):
+    pixels = torch.randn(1, 3, *tiny_rn.image_size)
+    vectors = F.normalize(torch.randn(2, tiny_rn.embed_dim), dim=1)
+    last, earlier = (GradCAM(tiny_rn, layer=n).attribute(pixels, vectors).maps for n in (4, 3))
+    assert earlier.shape[-1] == 2 * last.shape[-1]
+    with pytest.raises(ValueError, match="stage, 1-4"):
+        GradCAM(tiny_rn, layer=5)
 
 
 def test_gradcam_leaves_no_state_on_the_shared_model(tiny_vit):
