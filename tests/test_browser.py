@@ -65,6 +65,18 @@ def page(app_url):
         browser.close()
 
 
+def test_a_deep_link_to_a_fresh_server_gets_the_apps_own_menu(app_url, page):
+    # Must run first: only before any session has run app.py does Streamlit route a deep link
+    # straight to the page file (its older multipage mode).
+    page.goto(f"{app_url}/evaluate")
+    page.get_by_text("Do the named concepts beat random").first.wait_for()
+    sidebar = page.locator("[data-testid=stSidebar]")
+    links = [link.inner_text().split("\n")[-1] for link in sidebar.get_by_role("link").all()]
+    assert links == ["Inspect", "Intervene", "Edit model", "Evaluate", "Build"], links
+    page.get_by_role("link", name="Intervene").click()
+    page.get_by_text("Search concepts").wait_for()
+
+
 def test_upload_inspect_intervene_and_every_page(app_url, page):
     from cbm_core import Intervention, Pipeline
     from cbm_core.demo.build_bundle import DEMO_BUNDLE, SAMPLES_DIR

@@ -14,8 +14,10 @@ TIMEOUT = 120
 
 
 def page(name: str) -> AppTest:
-    # Pages run standalone here; app.py (the sidebar and navigation) has its own test.
-    return AppTest.from_file(str(ROOT / "pages" / f"{name}.py"), default_timeout=TIMEOUT)
+    """The app, opened on one page (app.py's navigation and sidebar included)."""
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
+    at.switch_page(f"pages/{name}.py")
+    return at
 
 
 @pytest.fixture(scope="module")

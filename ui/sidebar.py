@@ -12,10 +12,24 @@ from ui import common
 
 _state = threading.local()
 
+# The pages, declared once: app.py turns them into st.navigation; the sidebar links to them itself,
+# so the menu looks the same when a deep link makes Streamlit run a page file without app.py
+# (its auto-discovered pages/ list is hidden in .streamlit/config.toml).
+PAGES = (
+    ("pages/inspect.py", "Inspect", ":material/image_search:"),
+    ("pages/intervene.py", "Intervene", ":material/tune:"),
+    ("pages/edit.py", "Edit model", ":material/content_cut:"),
+    ("pages/evaluate.py", "Evaluate", ":material/monitoring:"),
+    ("pages/build.py", "Build", ":material/construction:"),
+)
+
 
 def draw() -> None:
     common.ensure_session()
     with st.sidebar:
+        for path, title, icon in PAGES:
+            st.page_link(path, label=title, icon=icon)
+        st.divider()
         st.markdown("### Concept debugger")
         choices = common.bundle_choices()
         current = st.session_state.get("bundle_path")
@@ -62,6 +76,7 @@ def run_page(page) -> None:
 
 def ensure_drawn() -> None:
     if not getattr(_state, "drawn", False):
+        st.set_page_config(page_title="Concept debugger", page_icon=":material/troubleshoot:", layout="wide")
         draw()
 
 
