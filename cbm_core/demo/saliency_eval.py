@@ -51,8 +51,9 @@ def method_maps(name: str, backbone, pixels: torch.Tensor, vectors: torch.Tensor
     if name.startswith("dense"):
         scale = int(name.rsplit("x", 1)[1]) if "x" in name.rsplit("-", 1)[-1] else 1
         return DenseConceptMaps(backbone, surgery="surgery" in name, scale=scale).attribute(pixels, vectors)
-    if name == "gradcam":
-        return GradCAM(backbone).attribute(pixels, vectors)
+    if name.startswith("gradcam"):  # gradcam, or gradcam-l2 for the output of ResNet stage 2
+        layer = int(name.split("-l")[1]) if "-l" in name else None
+        return GradCAM(backbone, layer=layer).attribute(pixels, vectors)
     if name == "occlusion":  # the audit method: one batched sweep per concept
         occ = Occlusion(backbone, window=12, stride=6)
         maps = torch.cat([occ.attribute(pixels, v).maps for v in vectors], dim=1)
@@ -89,8 +90,8 @@ def deletion_insertion(backbone, pixels: torch.Tensor, vector: torch.Tensor, sal
 def run(n_images: int = 200, n_auc_images: int = 40, seed: int = 0, methods=None) -> dict:
     torch.manual_seed(seed)
     backbone = load_backbone("demo", device="cpu")
-    methods = methods or ["dense", "dense-surgery", "dense-x3", "dense-surgery-x3", "gradcam", "random", "oracle-3",
-                         "oracle-12"]
+    methods = methods or ["dense", "dense-surgery", "dense-x3", "dense-surgery-x3", "gradcam", "gradcam-l3", "gradcam-l2",
+                         "random", "oracle-3", "oracle-12"]
     names = list(PART_CONCEPTS)
     vectors = backbone.embed_prompts(names, [CONCEPT_TEMPLATE])
     birds = [sample_bird(seed, i, "test") for i in range(n_images)]
