@@ -78,3 +78,17 @@ def test_parse_spec():
     assert parse_spec("ViT-B-32:random") == ("ViT-B-32", None)
     assert parse_spec("hf-hub:org/repo") == ("hf-hub:org/repo", None)
     assert parse_spec("demo")[0].startswith("local-dir:")
+
+
+def test_compiled_single_image_path_gives_the_eager_encodings(tiny_configs):
+    torch.manual_seed(0)
+    eager = load_backbone("tiny-rn:random", device="cpu")
+    torch.manual_seed(0)
+    compiled = load_backbone("tiny-rn:random", device="cpu", compile=True)
+    assert compiled.compiled and not eager.compiled
+    one = torch.randn(1, 3, *eager.image_size)
+    a, b = compiled.encode_images(one, with_spatial=True), eager.encode_images(one, with_spatial=True)
+    torch.testing.assert_close(a.embeddings, b.embeddings, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(a.spatial, b.spatial, atol=1e-5, rtol=1e-4)
+    many = torch.randn(3, 3, *eager.image_size)  # batches take the eager path
+    torch.testing.assert_close(compiled.encode_images(many).embeddings, eager.encode_images(many).embeddings)

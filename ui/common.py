@@ -6,6 +6,7 @@ Heavy objects are cached once per process with ``st.cache_resource`` (read-only,
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import streamlit as st
@@ -29,9 +30,13 @@ page shows how pruning the background concepts fixes it.
 """
 
 
-@st.cache_resource(show_spinner="Loading the backbone…")
+# CBM_COMPILE=1 compiles the image tower once at load (Backbone.compile): faster uploads after a wait.
+COMPILE = os.environ.get("CBM_COMPILE", "") not in ("", "0")
+
+
+@st.cache_resource(show_spinner="Loading the backbone…" + (" and compiling it (up to a minute, once)" if COMPILE else ""))
 def cached_backbone(spec: str, device: str | None, precision: str | None):
-    return load_backbone(spec, device=device, precision=precision)
+    return load_backbone(spec, device=device, precision=precision, compile=COMPILE)
 
 
 @st.cache_resource(show_spinner="Loading the bundle…", max_entries=8)

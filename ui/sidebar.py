@@ -58,7 +58,8 @@ def draw() -> None:
             st.caption(f"Backbone `{model.backbone_spec}`")
             pipe = common.pipeline()
             if pipe is not None:
-                st.caption(f"Device `{pipe.backbone.device}` · precision `{pipe.backbone.precision}`")
+                st.caption(f"Device `{pipe.backbone.device}` · precision `{pipe.backbone.precision}`"
+                           + (" · compiled" if pipe.backbone.compiled else ""))
         with st.expander("What am I looking at?"):
             st.markdown(common.HELP)
 
