@@ -2,10 +2,13 @@
 preprocessed tensor, and a new upload -> prediction + scores + maps for all concepts; eager, then
 with the image tower compiled (``load_backbone(..., compile=True)``), in the same run.
 
-    python bench/explain.py            # the demo bundle on this machine
+    python bench/explain.py                                  # the demo bundle on this machine
+    python bench/explain.py --model ViT-B-32 --device cuda   # a ViT-B/32 tower (random weights, bf16 on
+                                                             # CUDA) under a random 512-concept x 200-class CBM
 """
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from pathlib import Path
@@ -13,19 +16,33 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import record, timeit  # noqa: E402
-from cbm_core import Pipeline, decode_image, load_backbone  # noqa: E402
+from bench.common import random_cbm, record, timeit  # noqa: E402
+from cbm_core import Pipeline, decode_image, load_backbone, load_bundle  # noqa: E402
 from cbm_core.demo.build_bundle import DEMO_BUNDLE, SAMPLES_DIR  # noqa: E402
 from cbm_core.pipeline import EncodingCache  # noqa: E402
 
 
 def main() -> None:
-    eager = Pipeline.from_bundle(DEMO_BUNDLE)
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="demo", help="'demo' (the demo bundle) or an open_clip name (random weights)")
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--precision", default=None)
+    args = ap.parse_args()
+    if args.model == "demo":
+        model = load_bundle(DEMO_BUNDLE)
+        spec = model.backbone_spec
+    else:
+        spec = f"{args.model}:random"
+    backbone = load_backbone(spec, device=args.device, precision=args.precision)
+    if args.model != "demo":
+        model = random_cbm(512, 200, backbone.embed_dim, spec)
+    eager = Pipeline(backbone, model)
     t = time.perf_counter()
-    compiled = Pipeline(load_backbone(eager.model.backbone_spec, compile=True), eager.model)
+    mode = "reduce-overhead" if backbone.device.type == "cuda" else None  # CUDA graphs on a GPU
+    compiled = Pipeline(load_backbone(spec, device=args.device, precision=args.precision).compile(mode), model)
     compile_s = time.perf_counter() - t
-    rows = [measure(eager, "eager"), measure(compiled, "compiled") | {"compile_s": compile_s}]
-    record(f"explain_{eager.backbone.device.type}", rows)
+    rows = [measure(eager, "eager"), measure(compiled, f"compiled ({mode or 'default'})") | {"compile_s": compile_s}]
+    record(f"explain_{args.model}_{backbone.device.type}", rows)
 
 
 def measure(pipe: Pipeline, label: str) -> dict:
@@ -50,7 +67,7 @@ def measure(pipe: Pipeline, label: str) -> dict:
     maps = timeit(cold_with_maps, repeat=15)
     warm_p, warm_enc = cold()
     warm = timeit(lambda: warm_p.explain_encoded([warm_enc]), repeat=50)
-    return {"tower": label, "device": str(bb.device), "bare_encode_ms": bare, "upload_to_explanation_ms": full,
+    return {"tower": label, "device": str(bb.device), "precision": bb.precision, "bare_encode_ms": bare, "upload_to_explanation_ms": full,
             "ratio_vs_bare": full / bare, "upload_to_explanation_and_all_maps_ms": maps, "warm_explanation_ms": warm}
 
 

@@ -41,7 +41,7 @@ def main() -> None:
             ours = args.n / (time.perf_counter() - t)
             rows.append({"device": str(bb.device), "images": args.n, "workers": workers, "bare_img_s": bare,
                          "pipeline_img_s": ours, "ratio": ours / bare, "cpu_cores": os.cpu_count()})
-    record(f"feature_extraction_{bb.device.type}", rows)
+    record(f"feature_extraction_{args.model}_{bb.device.type}", rows)
 
 
 if __name__ == "__main__":

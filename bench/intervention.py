@@ -10,18 +10,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import record, timeit  # noqa: E402
-from cbm_core import ConceptBank, ConceptBottleneckModel, ConceptStats, Intervention  # noqa: E402
-
-
-def model_of(K: int, C: int, D: int = 512) -> ConceptBottleneckModel:
-    g = torch.Generator().manual_seed(0)
-    vectors = torch.nn.functional.normalize(torch.randn(K, D, generator=g), dim=1)
-    train = torch.nn.functional.normalize(torch.randn(2000, D, generator=g), dim=1)
-    names = tuple(f"concept {k}" for k in range(K))
-    weight = torch.randn(C, K, generator=g) * (torch.rand(C, K, generator=g) < 0.05)
-    return ConceptBottleneckModel("bench:random", ConceptBank(names), vectors, tuple(f"class {c}" for c in range(C)),
-                                  ConceptStats.from_scores(names, train @ vectors.T), weight, torch.zeros(C))
+from bench.common import random_cbm, record, timeit  # noqa: E402
+from cbm_core import Intervention  # noqa: E402
 
 
 def main() -> None:
@@ -29,7 +19,7 @@ def main() -> None:
     rows = []
     for K in (128, 512, 2048):
         for C in (10, 200, 1000):
-            model = model_of(K, C)
+            model = random_cbm(K, C)
             emb = torch.nn.functional.normalize(torch.randn(1, 512), dim=1)
             scores = model.concept_scores(emb)
             iv = Intervention().ablate("concept 3").set("concept 7", percentile=95).scale("concept 11", 0.5)
