@@ -66,3 +66,22 @@ def random_cbm(K: int, C: int, D: int = 512, backbone_spec: str = "bench:random"
     return ConceptBottleneckModel(backbone_spec, ConceptBank(names), vectors, tuple(f"class {c}" for c in range(C)),
                                   ConceptStats.from_scores(names, train @ vectors.T), weight, torch.zeros(C))
 
+
+def run_suite(suite: list[list[str]]) -> int:
+    """Run each benchmark (script name + arguments) in its own process, so that one's threads and
+    caches do not colour the next; 1 if any failed."""
+    import subprocess
+    import sys
+
+    here = Path(__file__).resolve().parent
+    failed = []
+    for args in suite:
+        print(f"\n== {' '.join(args)}", flush=True)
+        t = time.perf_counter()
+        if subprocess.call([sys.executable, str(here / args[0]), *args[1:]], cwd=here.parent) != 0:
+            failed.append(" ".join(args))
+        print(f"   ({time.perf_counter() - t:.0f} s)", flush=True)
+    if failed:
+        print(f"\nfailed: {', '.join(failed)}")
+    return 1 if failed else 0
+

@@ -1,34 +1,19 @@
-"""The CPU benchmark suite in one command (about 3-4 minutes on 2 cores):
+"""The CPU benchmark suite in one command (about 2 minutes on 2 cores, more on a cold torch.compile cache):
 
     pip install -r bench/requirements.txt && python bench/run_cpu.py [--browser]
 
-Runs each benchmark in its own process (so one's threads and caches do not colour the next) and
-leaves the JSON records in bench/results/. ``--browser`` adds the Playwright latency benchmark.
+Runs each benchmark in its own process and leaves the JSON records in bench/results/.
+``--browser`` adds the Playwright latency benchmark.
 """
 from __future__ import annotations
 
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-SUITE = ["intervention.py", "explain.py", "saliency.py", "feature_extraction.py", "head_training.py"]
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.common import run_suite  # noqa: E402
 
-
-def main() -> int:
-    suite = SUITE + (["browser_latency.py"] if "--browser" in sys.argv else [])
-    failed = []
-    for script in suite:
-        print(f"\n== {script}", flush=True)
-        t = time.perf_counter()
-        if subprocess.call([sys.executable, str(HERE / script)], cwd=HERE.parent) != 0:
-            failed.append(script)
-        print(f"   ({time.perf_counter() - t:.0f} s)", flush=True)
-    if failed:
-        print(f"\nfailed: {', '.join(failed)}")
-    return 1 if failed else 0
-
+SUITE = [["intervention.py"], ["explain.py"], ["saliency.py"], ["feature_extraction.py"], ["head_training.py"]]
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_suite(SUITE + ([["browser_latency.py"]] if "--browser" in sys.argv else [])))

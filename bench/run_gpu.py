@@ -9,12 +9,12 @@ rows for comparison. JSON records land in bench/results/ with the GPU's name.
 """
 from __future__ import annotations
 
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.common import run_suite  # noqa: E402
+
 SUITE = [
     ["explain.py", "--model", "ViT-B-32", "--device", "cuda", "--precision", "bf16"],
     ["saliency.py", "--model", "ViT-B-32", "--device", "cuda"],
@@ -24,24 +24,9 @@ SUITE = [
     ["intervention.py"],
 ]
 
-
-def main() -> int:
+if __name__ == "__main__":
     import torch
 
     if not torch.cuda.is_available():
-        print("No CUDA device here; use bench/run_cpu.py.")
-        return 2
-    failed = []
-    for args in SUITE:
-        print(f"\n== {' '.join(args)}", flush=True)
-        t = time.perf_counter()
-        if subprocess.call([sys.executable, str(HERE / args[0]), *args[1:]], cwd=HERE.parent) != 0:
-            failed.append(" ".join(args))
-        print(f"   ({time.perf_counter() - t:.0f} s)", flush=True)
-    if failed:
-        print(f"\nfailed: {', '.join(failed)}")
-    return 1 if failed else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+        sys.exit("No CUDA device here; use bench/run_cpu.py.")
+    sys.exit(run_suite(SUITE))
