@@ -6,7 +6,7 @@ import streamlit as st
 
 from ui import sidebar
 
-st.set_page_config(page_title="Concept debugger", page_icon=":material/troubleshoot:", layout="wide")
+sidebar.configure_page()
 
 PAGES = [st.Page(path, title=title, icon=icon, default=i == 0) for i, (path, title, icon) in enumerate(sidebar.PAGES)]
 sidebar.run_page(st.navigation(PAGES, position="hidden"))  # the sidebar draws the menu (ui/sidebar.py)

@@ -164,12 +164,10 @@ class _PixelNormalizer:
 
 
 class _Decoded(torch.utils.data.Dataset):
-    """Decodes and preprocesses in DataLoader workers; a failure becomes a report, not a crash.
-    With a ``_PixelNormalizer`` the pixels come out as uint8, to be normalised per batch."""
+    """Decodes and preprocesses in DataLoader workers; a failure becomes a report, not a crash."""
 
-    def __init__(self, source, preprocess, normalizer: _PixelNormalizer | None = None):
-        self.source, self.normalizer = source, normalizer
-        self.preprocess = normalizer.to_uint8 if normalizer is not None else preprocess
+    def __init__(self, source, preprocess):
+        self.source, self.preprocess = source, preprocess
 
     def __len__(self):
         return len(self.source)
@@ -231,7 +229,7 @@ def extract_features(backbone: Backbone, dataset, *, batch_size: int = 64, num_w
         num_workers = min(4, max(0, (os.cpu_count() or 1) - 1)) if total > 256 else 0
     normalizer = _PixelNormalizer.split(backbone.preprocess)
     loader = torch.utils.data.DataLoader(
-        _Decoded(dataset, backbone.preprocess, normalizer), batch_size=batch_size, num_workers=num_workers,
+        _Decoded(dataset, normalizer.to_uint8 if normalizer else backbone.preprocess), batch_size=batch_size, num_workers=num_workers,
         collate_fn=_collate, pin_memory=backbone.device.type == "cuda",
         persistent_workers=False, prefetch_factor=4 if num_workers else None)
     bar = None

@@ -66,17 +66,8 @@ class HeadSlice:
         return float(self.z_grid[i, j] + (p - j) * (self.z_grid[i, j + 1] - self.z_grid[i, j]))
 
     def intervention_with(self, settings: Mapping[str, Mapping] | None = None) -> Intervention:
-        """The slice's intervention after ``settings``: ``{name: {"off": True}}`` switches a concept
-        off, ``{name: {"percentile": p}}`` sets it to the training percentile p, ``{name: {}}``
-        restores its own score. This is the shape the browser sends back."""
-        iv = self.intervention
-        for name, setting in (settings or {}).items():
-            iv = iv.without(name)
-            if setting.get("off"):
-                iv = iv.ablate(name)
-            elif setting.get("percentile") is not None:
-                iv = iv.set(name, percentile=float(setting["percentile"]))
-        return iv
+        """The slice's intervention after ``settings``; see ``apply_settings``."""
+        return apply_settings(self.intervention, settings)
 
     def logits(self, settings: Mapping[str, Mapping] | None = None) -> torch.Tensor:
         """(C,) logits after ``settings`` (see ``intervention_with``) without running the model:
@@ -97,12 +88,27 @@ class HeadSlice:
 
     def to_dict(self) -> dict:
         """Plain lists and floats, ready for JSON."""
+        last_op = {c.concept: c.op for c in self.intervention.changes}  # the last change to a concept wins
         return {
             "concepts": list(self.concepts), "classes": list(self.classes),
             "z": self.z.tolist(), "percentiles": self.percentiles.tolist(), "z_grid": self.z_grid.tolist(),
             "weight": self.weight.tolist(), "base": self.base.tolist(),
             "z_original": self.z_original.tolist(), "percentiles_original": self.percentiles_original.tolist(),
             "original_probs": self.original_probs.tolist(),
-            "off": [any(c.op == "ablate" and c.concept == n for c in self.intervention.changes) for n in self.concepts],
-            "changed": [n in self.intervention.concepts for n in self.concepts],
+            "off": [last_op.get(n) == "ablate" for n in self.concepts],
+            "changed": [n in last_op for n in self.concepts],
         }
+
+
+def apply_settings(intervention: Intervention, settings: Mapping[str, Mapping] | None) -> Intervention:
+    """``intervention`` after the browser panel's ``settings``: ``{name: {"off": True}}`` switches a
+    concept off, ``{name: {"percentile": p}}`` sets it to the training percentile p, ``{name: {}}``
+    restores its own score."""
+    for name, setting in (settings or {}).items():
+        intervention = intervention.without(name)
+        if setting.get("off"):
+            intervention = intervention.ablate(name)
+        elif setting.get("percentile") is not None:
+            intervention = intervention.set(name, percentile=float(setting["percentile"]))
+    return intervention
+

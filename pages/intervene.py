@@ -4,6 +4,7 @@ from __future__ import annotations
 import streamlit as st
 
 from cbm_core import CBMError, HeadSlice, ImageError, Intervention, counterfactual
+from cbm_core.head_slice import apply_settings
 from ui import common, live_panel, sidebar
 
 pipe = sidebar.open_page("Intervene",
@@ -47,10 +48,8 @@ def apply_browser_edit() -> None:
         return
     seq, settings = edit
     state["live_ack"] = seq
-    names = set(model.concepts.names)
-    settings = {name: setting for name, setting in settings.items() if name in names}
-    slice_now = HeadSlice.from_model(model, enc.embedding, list(settings), active())
-    changed = slice_now.intervention_with(settings)
+    known = set(model.concepts.names)
+    changed = apply_settings(active(), {name: s for name, s in settings.items() if name in known})
     if set(changed.changes) != set(active().changes):
         push(changed)
 
@@ -74,7 +73,9 @@ def apply_counterfactual(target: str) -> None:
 
 
 original = pipe.explain_encoded([enc])
-top_class_idx = [int(i) for i in original.top_classes(3)[0]]
+# Fixed for this image, so computed once per page run, not on every live change.
+ORDER = original.contributions(int(original.predicted[0]))[0].abs().argsort(descending=True, stable=True).tolist()
+RELEVANT = set((model.weight[original.top_classes(3)[0]] != 0).any(dim=0).nonzero().flatten().tolist())
 
 
 @st.fragment
@@ -92,9 +93,7 @@ def live() -> None:
     query = filters[0].text_input("Search concepts", key="concept_search", placeholder="e.g. beak")
     only = filters[1].toggle("Only relevant concepts", value=True, key="only_relevant",
                              help="Only concepts with a non-zero weight for one of the three most likely classes.")
-    relevant = {k for k in range(model.n_concepts) if any(float(model.weight[c, k]) != 0 for c in top_class_idx)}
-    order = [model.concepts.index(n) for n in original.to_frame(0).concept]
-    shown = [k for k in order if (not only or k in relevant) and query.lower() in model.concepts.names[k].lower()]
+    shown = [k for k in ORDER if (not only or k in RELEVANT) and query.lower() in model.concepts.names[k].lower()]
     filters[2].caption(f"{len(shown)} of {model.n_concepts} concepts, sorted by their effect on the original "
                        "prediction" + (" (the first 40 shown; narrow the search for others)" if len(shown) > 40 else ""))
     shown_names = [model.concepts.names[k] for k in shown[:40]]

@@ -122,7 +122,7 @@ export default function (component) {
       const changed = setting ? (setting.off || setting.percentile !== undefined) : d.changed[i];
       row.toggle.checked = !off;
       row.slider.disabled = off;
-      if (document.activeElement !== row.slider || !setting) row.slider.value = Math.round(shown);
+      row.slider.value = Math.round(shown);
       row.value.textContent = off ? "off" : `p${Math.round(shown)}`;
       row.label.classList.toggle("changed", changed);
     }

@@ -75,9 +75,13 @@ def run_page(page) -> None:
         _state.drawn = False
 
 
+def configure_page() -> None:
+    st.set_page_config(page_title="Concept debugger", page_icon=":material/troubleshoot:", layout="wide")
+
+
 def ensure_drawn() -> None:
     if not getattr(_state, "drawn", False):
-        st.set_page_config(page_title="Concept debugger", page_icon=":material/troubleshoot:", layout="wide")
+        configure_page()
         draw()
 
 
