@@ -33,7 +33,7 @@ def main(moves: int = 100) -> None:
     from playwright.sync_api import sync_playwright
 
     from cbm_core import Pipeline
-    from cbm_core.demo.build_bundle import DEMO_BUNDLE, SAMPLES_DIR
+    from cbm_core.demo.paths import DEMO_BUNDLE, SAMPLES_DIR
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -30,15 +30,15 @@ class BuildResult:
     removed_concepts: FilterReport = field(default_factory=FilterReport)
     skipped_images: tuple[tuple[str, str], ...] = ()
     path: list[PathPoint] = field(default_factory=list)
+    # The encoded data the model was fitted and validated on, so every page can keep using it.
+    train_features: FeatureSet | None = None
+    val_features: FeatureSet | None = None
 
 
-def _split_holdout(feats: FeatureSet, fraction: float = 0.2, seed: int = 0):
+def _split_holdout(feats: FeatureSet, fraction: float = 0.2, seed: int = 0) -> tuple[FeatureSet, FeatureSet]:
     perm = torch.randperm(len(feats.labels), generator=torch.Generator().manual_seed(seed))
     n_val = max(1, int(len(perm) * fraction))
-    va, tr = perm[:n_val], perm[n_val:]
-    groups = feats.groups
-    return ((feats.embeddings[tr], feats.labels[tr]),
-            (feats.embeddings[va], feats.labels[va], tuple(groups[i] for i in va.tolist()) if groups else None))
+    return feats.subset(perm[n_val:]), feats.subset(perm[:n_val])
 
 
 def build_cbm(backbone: Backbone, train: ImageDataset, bank: ConceptBank, *, val: ImageDataset | None = None,
@@ -64,9 +64,10 @@ def build_cbm(backbone: Backbone, train: ImageDataset, bank: ConceptBank, *, val
             raise DatasetError(f"Validation classes {list(val.classes)} differ from training classes {list(train.classes)}.")
         vfeats = extract_features(backbone, val, progress=lambda d, t: report("encoding validation images", d / t))
         skipped = skipped + vfeats.skipped
-        (tr_x, tr_y), (va_x, va_y, va_g) = (feats.embeddings, feats.labels), (vfeats.embeddings, vfeats.labels, vfeats.groups)
+        tr, va = feats, vfeats
     else:
-        (tr_x, tr_y), (va_x, va_y, va_g) = _split_holdout(feats)
+        tr, va = _split_holdout(feats)
+    (tr_x, tr_y), (va_x, va_y, va_g) = (tr.embeddings, tr.labels), (va.embeddings, va.labels, va.groups)
     if recipe not in RECIPES:
         raise ValueError(f"Unknown recipe '{recipe}'. Available: {', '.join(RECIPES)}.")
     est = RECIPES[recipe](concepts=bank, concept_vectors=vectors, classes=train.classes, backbone_spec=backbone.spec,
@@ -82,4 +83,4 @@ def build_cbm(backbone: Backbone, train: ImageDataset, bank: ConceptBank, *, val
         **est.model_.metrics, "val_accuracy": metrics.accuracy, "val_worst_group": metrics.worst_group,
         **est.model_.sparsity(), "n_train": int(len(tr_y)), "n_val": int(len(va_y)), "skipped_images": len(skipped)})
     report("done", 1.0)
-    return BuildResult(model, metrics, removed, skipped, path)
+    return BuildResult(model, metrics, removed, skipped, path, tr, va)

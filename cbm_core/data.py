@@ -129,6 +129,17 @@ class FeatureSet:
     concept_labels: torch.Tensor | None = None
     from_cache: bool = field(default=False, compare=False)
 
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, rows) -> "FeatureSet":
+        """The rows ``rows`` (indices into this set) as a new set; ``skipped`` is kept as is."""
+        rows = torch.as_tensor(rows, dtype=torch.long)
+        picked = rows.tolist()
+        return FeatureSet(self.embeddings[rows], self.labels[rows], self.kept[rows], self.skipped,
+                          tuple(self.groups[i] for i in picked) if self.groups is not None else None,
+                          self.concept_labels[rows] if self.concept_labels is not None else None, self.from_cache)
+
 
 class _PixelNormalizer:
     """open_clip's preprocessing ends in ToTensor (÷255) and Normalize. Splitting those off lets

@@ -5,7 +5,7 @@ import pandas as pd
 import streamlit as st
 
 from cbm_core import confusion_matrix, cooccurrence_warnings, evaluate, random_concept_baseline
-from cbm_core.demo.build_bundle import load_demo_features
+from cbm_core.demo.paths import load_demo_features
 from ui import charts, common, sidebar
 from ui.data_source import evaluation_features
 

@@ -79,7 +79,7 @@ def test_a_deep_link_to_a_fresh_server_gets_the_apps_own_menu(app_url, page):
 
 def test_upload_inspect_intervene_and_every_page(app_url, page):
     from cbm_core import Intervention, Pipeline
-    from cbm_core.demo.build_bundle import DEMO_BUNDLE, SAMPLES_DIR
+    from cbm_core.demo.paths import DEMO_BUNDLE, SAMPLES_DIR
 
     engine = Pipeline.from_bundle(DEMO_BUNDLE, device="cpu")
     page.goto(app_url)

@@ -7,7 +7,7 @@ import torch
 from streamlit.testing.v1 import AppTest
 
 from cbm_core import Intervention, Pipeline, compare, prune_concepts
-from cbm_core.demo.build_bundle import DEMO_BUNDLE, SAMPLES_DIR, load_demo_features
+from cbm_core.demo.paths import DEMO_BUNDLE, SAMPLES_DIR, load_demo_features
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 120

@@ -2,7 +2,7 @@
 import pytest
 
 from cbm_core import Pipeline, load_backbone, load_bundle, prune_concepts
-from cbm_core.demo.build_bundle import DEMO_BUNDLE, DEMO_FEATURES, SAMPLES_DIR
+from cbm_core.demo.paths import DEMO_BUNDLE, DEMO_FEATURES, SAMPLES_DIR
 from cbm_core.demo.train_clip import CONCEPT_TEMPLATE, SPECIES_TEMPLATE, score_report
 from cbm_core.demo.world import CONCEPTS, SPECIES_NAMES, render, sample_bird
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import streamlit as st
 
 from cbm_core import CBMError, ImageDataset, extract_features
-from cbm_core.demo.build_bundle import load_demo_features
+from cbm_core.demo.paths import load_demo_features
 from ui import common
 
 

@@ -16,18 +16,16 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from ..backbone import ASSETS_DIR, load_backbone
+from ..backbone import load_backbone
 from ..concepts import ConceptBank
 from ..data import extract_features
 from ..edits import prune_concepts
 from ..evaluation import evaluate
 from ..recipes.pcbm import PCBM
+from .paths import DEMO_BUNDLE, DEMO_FEATURES, SAMPLES_DIR
 from .train_clip import CONCEPT_TEMPLATE, IMAGE_SIZE
 from .world import BACKGROUND_CONCEPTS, CONCEPTS, SPECIES, SPECIES_NAMES, render, sample_bird
 
-DEMO_BUNDLE = ASSETS_DIR / "demo_bundle"
-DEMO_FEATURES = ASSETS_DIR / "toybirds_features.safetensors"
-SAMPLES_DIR = ASSETS_DIR / "samples"
 SPLIT_SIZES = {"train": 4000, "val": 1600, "test": 1600}
 
 
@@ -162,19 +160,3 @@ def main(argv=None) -> None:
 if __name__ == "__main__":
     main()
 
-
-def load_demo_features(split: str = "val"):
-    """The shipped validation / test features of the demo as a ``FeatureSet`` (no re-encoding)."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    from ..data import FeatureSet
-
-    with safe_open(str(DEMO_FEATURES), "pt") as f:
-        meta = f.metadata()
-    t = load_file(str(DEMO_FEATURES))
-    group_names = json.loads(meta["group_names"])
-    n = len(t[f"{split}.labels"])
-    return FeatureSet(t[f"{split}.embeddings"], t[f"{split}.labels"], torch.arange(n),
-                      groups=tuple(group_names[i] for i in t[f"{split}.groups"].tolist()),
-                      concept_labels=t[f"{split}.concept_labels"].float())

@@ -1,0 +1,32 @@
+"""What the app and the tests need from the demo, without importing its training scripts:
+where the shipped bundle, features and sample images live, and a loader for the features."""
+from __future__ import annotations
+
+import json
+
+import torch
+
+from ..backbone import ASSETS_DIR
+
+DEMO_BUNDLE = ASSETS_DIR / "demo_bundle"
+DEMO_FEATURES = ASSETS_DIR / "toybirds_features.safetensors"
+SAMPLES_DIR = ASSETS_DIR / "samples"
+
+
+def load_demo_features(split: str = "val"):
+    """The shipped validation / test features of the demo as a ``FeatureSet`` (no re-encoding)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from ..data import FeatureSet
+
+    if split not in ("val", "test"):
+        raise ValueError(f"The demo ships features for the 'val' and 'test' splits, not '{split}'.")
+    with safe_open(str(DEMO_FEATURES), "pt") as f:
+        meta = f.metadata()
+    t = load_file(str(DEMO_FEATURES))
+    group_names = json.loads(meta["group_names"])
+    n = len(t[f"{split}.labels"])
+    return FeatureSet(t[f"{split}.embeddings"], t[f"{split}.labels"], torch.arange(n),
+                      groups=tuple(group_names[i] for i in t[f"{split}.groups"].tolist()),
+                      concept_labels=t[f"{split}.concept_labels"].float())
