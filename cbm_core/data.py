@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import os
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -21,7 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from .backbone import Backbone
 from .errors import DatasetError, ImageError
-from .images import IMAGE_SUFFIXES, decode_image
+from .images import FORMATS_TEXT, IMAGE_SUFFIXES, decode_image
 
 ProgressFn = Callable[[int, int], None]
 
@@ -48,55 +50,91 @@ class ImageDataset:
 
     @classmethod
     def from_folder(cls, root: str | Path) -> "ImageDataset":
-        """``root/<class name>/<image>``; classes sorted by name."""
+        """``root/<class name>/<image>``; classes sorted by name. Every class folder must hold at
+        least one image (an empty one is named, not silently dropped)."""
         root = Path(root)
         if not root.is_dir():
+            if root.exists():
+                raise DatasetError(f"'{root}' is a file, not a folder. Give a folder of class sub-folders "
+                                   "(<folder>/<class>/<image>) or a .csv manifest.")
             raise DatasetError(f"Dataset folder '{root}' does not exist.")
         classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
         if not classes:
             raise DatasetError(f"'{root}' has no class sub-folders. Arrange images as {root}/<class>/<image>.")
-        records = []
+        for name in classes:
+            _check_label(name, f"Class folder '{root / name}'")
+        records, empty = [], []
         for label, cls_name in enumerate(classes):
-            for p in sorted((root / cls_name).rglob("*")):
-                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
-                    records.append(ImageRecord(str(p), label))
-        if not records:
-            raise DatasetError(f"No images ({', '.join(sorted(IMAGE_SUFFIXES))}) found under '{root}'.")
+            found = [ImageRecord(str(p), label) for p in sorted((root / cls_name).rglob("*"))
+                     if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
+            if not found:
+                empty.append(cls_name)
+            records += found
+        if empty:
+            raise DatasetError(f"Class folder{'s' * (len(empty) > 1)} {', '.join(repr(str(root / c)) for c in empty)} "
+                               f"{'have' if len(empty) > 1 else 'has'} no images ({FORMATS_TEXT}). "
+                               "Add images, or remove the folder if it is not a class.")
         return cls(tuple(records), tuple(classes), name=root.name)
 
     @classmethod
     def from_csv(cls, manifest: str | Path, *, path_column: str = "path", label_column: str = "label",
                  group_column: str = "group", split_column: str = "split", split: str | None = None,
-                 concept_columns: Sequence[str] | None = None) -> "ImageDataset":
-        """A CSV manifest. Paths are relative to the CSV's folder. Concept columns default to every
-        column whose values are all 0/1 besides the known ones; ``split`` keeps rows of one split."""
+                 concept_columns: Sequence[str] | None = None, allow_outside: bool = False) -> "ImageDataset":
+        """A CSV manifest (UTF-8). Paths are relative to the CSV's folder and must stay inside it
+        (no ``..`` out of it, no absolute paths, no links out of it) unless ``allow_outside``: a CSV
+        from someone else must not make the tool read files of yours it was never meant to.
+        Labels are stripped of surrounding spaces. Concept columns default to every column whose
+        values are all 0/1 besides the known ones; ``split`` keeps rows of one split."""
         manifest = Path(manifest)
         if not manifest.is_file():
-            raise DatasetError(f"Manifest '{manifest}' does not exist.")
-        with manifest.open(newline="", encoding="utf-8-sig") as f:
-            rows = list(csv.DictReader(f))
-        if not rows:
-            raise DatasetError(f"Manifest '{manifest.name}' has no rows.")
+            raise DatasetError(f"Manifest '{manifest}' does not exist." if not manifest.exists() else
+                               f"Manifest '{manifest}' is not a regular file.")
+        header, rows = _read_csv(manifest)
         for col in (path_column, label_column):
-            if col not in rows[0]:
-                raise DatasetError(f"Manifest '{manifest.name}' needs a '{col}' column (found: {', '.join(rows[0])}).")
+            if col not in header:
+                raise DatasetError(f"Manifest '{manifest.name}' needs a '{col}' column (found: {', '.join(header)}).")
         if split is not None:
-            if split_column not in rows[0]:
+            if split_column not in header:
                 raise DatasetError(f"Manifest '{manifest.name}' has no '{split_column}' column to pick split '{split}'.")
-            rows = [r for r in rows if r[split_column] == split]
+            rows = [(line, r) for line, r in rows if r[split_column] == split]
             if not rows:
                 raise DatasetError(f"Manifest '{manifest.name}' has no rows with {split_column}={split}.")
         known = {path_column, label_column, group_column, split_column}
         if concept_columns is None:
-            concept_columns = [c for c in rows[0] if c not in known and all(r[c] in ("0", "1") for r in rows)]
-        classes = sorted({r[label_column] for r in rows})
+            concept_columns = [c for c in header if c and c not in known and all(r[c] in ("0", "1") for _, r in rows)]
+        else:
+            missing = [c for c in concept_columns if c not in header]
+            if missing:
+                raise DatasetError(f"Manifest '{manifest.name}' has no concept column{'s' * (len(missing) > 1)} "
+                                   f"{', '.join(map(repr, missing))} (found: {', '.join(header)}).")
+        base = manifest.parent.resolve()
+        labels, paths = [], []
+        for line, r in rows:
+            where = f"Manifest '{manifest.name}', line {line}"
+            label = r[label_column].strip()
+            if not label:
+                raise DatasetError(f"{where}: the '{label_column}' cell is empty. Give every row a class label.")
+            _check_label(label, f"{where}: label {label!r}")
+            cell = r[path_column]
+            if not cell.strip():
+                raise DatasetError(f"{where}: the '{path_column}' cell is empty. Give every row an image path.")
+            _check_label(cell, f"{where}: path {cell!r}", what="path")
+            path = (base / cell).resolve()
+            if not allow_outside and (Path(cell).is_absolute() or not path.is_relative_to(base)):
+                how = "is absolute" if Path(cell).is_absolute() else "leads outside the manifest's folder"
+                raise DatasetError(f"{where}: path '{cell}' {how}; paths must stay inside '{base}'. Move the images "
+                                   "there and use relative paths, or allow paths outside it explicitly "
+                                   "(allow_outside=True; on the command line --allow-outside-paths).")
+            for c in concept_columns:
+                if r[c] not in ("0", "1"):
+                    raise DatasetError(f"{where}: concept column '{c}' holds {r[c]!r}; concept columns hold 0 or 1.")
+            labels.append(label)
+            paths.append(str(path))
+        classes = sorted(set(labels))
         index = {c: i for i, c in enumerate(classes)}
-        base = manifest.parent
-        records = tuple(ImageRecord(
-            str((base / r[path_column]).resolve()) if not Path(r[path_column]).is_absolute() else r[path_column],
-            index[r[label_column]],
-            tuple(int(r[c]) for c in concept_columns) if concept_columns else None,
-            r.get(group_column) or None) for r in rows)
+        records = tuple(ImageRecord(p, index[label], tuple(int(r[c]) for c in concept_columns) if concept_columns else None,
+                                    r.get(group_column) or None)
+                        for p, label, (_, r) in zip(paths, labels, rows))
         return cls(records, tuple(classes), tuple(concept_columns), name=manifest.stem + (f"-{split}" if split else ""))
 
     def fingerprint(self) -> str:
@@ -114,6 +152,63 @@ class ImageDataset:
     @property
     def labels(self) -> torch.Tensor:
         return torch.tensor([r.label for r in self.records], dtype=torch.long)
+
+
+MAX_MANIFEST_BYTES = 1024 * 1024 * 1024  # ~10 million rows: far beyond what the tool trains on in memory
+# Invisible characters that reorder text on screen ("Trojan Source"): a label must read as it is.
+_BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def _check_label(text: str, where: str, what: str = "label") -> None:
+    """Refuse empty names and ones with control, bidi-override or lone-surrogate characters: a class
+    name is shown in charts, saved in a bundle and typed back on the command line."""
+    if not text.strip():
+        raise DatasetError(f"{where}: the {what} is empty.")
+    for ch in text:
+        if unicodedata.category(ch) in ("Cc", "Cs") or ch in _BIDI_CONTROLS:
+            raise DatasetError(f"{where}: the {what} contains the invisible control character U+{ord(ch):04X}. "
+                               f"Remove it.")
+
+
+def _read_csv(manifest: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
+    """The header and ``(line number, row)`` pairs of a UTF-8 CSV, refusing what would silently
+    shift or drop cells: non-UTF-8 bytes, rows with more or fewer cells than the header, duplicate
+    column names. Blank lines are skipped."""
+    name = manifest.name
+    with manifest.open("rb") as f:
+        raw = f.read(MAX_MANIFEST_BYTES + 1)
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise DatasetError(f"Manifest '{name}' is larger than {MAX_MANIFEST_BYTES // 2**20} MB; split it.")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise DatasetError(f"Manifest '{name}' is not UTF-8 text (line {line} has the byte "
+                           f"0x{raw[exc.start]:02x}). Save it as UTF-8 (in Excel: 'CSV UTF-8').") from None
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header, rows = None, []
+    try:
+        for cells in reader:
+            if not any(c.strip() for c in cells):
+                continue
+            if header is None:
+                header = [c.strip() for c in cells]
+                named = [c for c in header if c]
+                dupes = sorted({c for c in named if named.count(c) > 1})
+                if dupes:
+                    raise DatasetError(f"Manifest '{name}' has duplicate column name{'s' * (len(dupes) > 1)}: "
+                                       f"{', '.join(map(repr, dupes))}. Rename the columns so each name appears once.")
+                continue
+            if len(cells) != len(header):
+                raise DatasetError(f"Manifest '{name}', line {reader.line_num}: {len(cells)} cell"
+                                   f"{'s' * (len(cells) != 1)}, but the header has {len(header)}. Check for a "
+                                   "missing or extra comma, or an unquoted comma inside a value.")
+            rows.append((reader.line_num, dict(zip(header, cells))))
+    except csv.Error as exc:
+        raise DatasetError(f"Manifest '{name}', line {reader.line_num}: not valid CSV ({exc}).") from None
+    if header is None or not rows:
+        raise DatasetError(f"Manifest '{name}' has no rows.")
+    return header, rows
 
 
 @dataclass(frozen=True)
