@@ -58,3 +58,38 @@ def test_evaluate_and_compare_with_groups(hand_model):
     assert acc_row.before == pytest.approx(m.accuracy)
     assert acc_row.after == pytest.approx(evaluate(after, emb, labels, groups).accuracy)
     assert "worst-group accuracy" in set(frame.metric)
+
+
+def test_names_match_case_insensitively_and_typos_get_a_suggestion(hand_model):
+    model, _ = hand_model
+    result = prune_concepts(model, ["Water", "RED CROWN"], ["Cardinal"])
+    assert result.entry["concepts"] == ["water", "red crown"] and result.entry["classes"] == ["cardinal"]
+    with pytest.raises(ConceptError, match="Unknown concept 'watr'. Did you mean 'water'?"):
+        prune_concepts(model, ["watr"])
+    with pytest.raises(ConceptError, match="Unknown class 'gul'. Did you mean 'gull'?"):
+        set_weight(model, "water", "gul", 1.0)
+    with pytest.raises(ConceptError, match="finite"):
+        set_weight(model, "water", "gull", float("nan"))
+
+
+def test_an_edited_model_carries_metrics_of_its_own(hand_model):
+    model, _ = hand_model
+    model = model.with_changes(metrics={"val_accuracy": 0.9, "n_train": 200, "n_val": 50, **model.sparsity()})
+    assert model.metrics["nec"] == pytest.approx(8 / 3) and model.metrics["concepts_used"] == 4
+    first = prune_concepts(model, ["water"])
+    assert first.model.metrics == {"n_train": 200, "n_val": 50, **first.model.sparsity()}
+    assert first.model.metrics["nec"] == 2.0 and first.model.metrics["concepts_used"] == 3  # 'water' gone
+    assert first.entry["metrics_before"] == {"val_accuracy": 0.9}  # measured on the old weights: kept, labelled
+    second = set_weight(first.model, "striped wing", "jay", 0.0)
+    assert second.model.metrics == {"n_train": 200, "n_val": 50, **second.model.sparsity()}
+    assert "metrics_before" not in second.entry  # nothing stale left to move
+    assert model.metrics["val_accuracy"] == 0.9  # the original is untouched
+
+
+def test_a_malformed_edit_log_is_a_clear_error(hand_model):
+    model, _ = hand_model
+    with pytest.raises(ConceptError, match="entry 1 is malformed"):
+        replay(model, [{"op": "prune"}])
+    with pytest.raises(ConceptError, match="entry 2 is malformed"):
+        replay(model, [{"op": "prune", "concepts": ["water"]}, {"op": "set_weight", "concept": "water",
+                                                                  "class_name": "gull", "new": "lots"}])
