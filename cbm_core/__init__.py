@@ -17,11 +17,13 @@ from .concepts import ConceptBank, FilterReport
 from .counterfactual import Counterfactual, counterfactual
 from .data import FeatureSet, ImageDataset, ImageRecord, extract_features
 from .edits import EditResult, prune_concepts, replay, set_weight
-from .evaluation import Metrics, compare, confusion_matrix, cooccurrence_warnings, evaluate, random_concept_baseline
+from .baselines import random_concept_baseline
+from .evaluation import Metrics, compare, confusion_matrix, cooccurrence_warnings, evaluate
 from .errors import (BackboneError, BundleError, CBMError, ConceptError, DatasetError, ImageError,
                      InterventionError)
 from .images import decode_image
 from .overlay import overlay
+from .explain_text import DIRECTIONS, concept_directions, direction, label_from_filename
 from .interventions import ConceptChange, Intervention
 from .model import ConceptBottleneckModel, ConceptStats, Explanation
 from .head_slice import HeadSlice
@@ -42,5 +44,6 @@ __all__ = [
     "Metrics", "evaluate", "compare", "confusion_matrix", "cooccurrence_warnings", "random_concept_baseline",
     "save_bundle", "load_bundle", "read_manifest",
     "Pipeline", "EncodedImage", "EncodingCache", "decode_image", "overlay",
+    "DIRECTIONS", "concept_directions", "direction", "label_from_filename",
     "CBMError", "ImageError", "ConceptError", "BackboneError", "DatasetError", "BundleError", "InterventionError",
 ]

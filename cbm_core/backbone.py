@@ -86,6 +86,33 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
     return name, (None if pretrained == "random" else pretrained)
 
 
+def spec_needs_trust(spec: str) -> str | None:
+    """Why loading ``spec`` — say, the backbone named in a bundle someone sent you — deserves the
+    user's consent first, or None when it is harmless: the demo, random weights, or a plain open_clip
+    model name with one of open_clip's own published pretrained tags. A local path or checkpoint, a
+    ``local-dir:`` folder or an ``hf-hub:`` repository is what the *sender* chose: the app asks
+    before loading it, the CLI needs ``--trust-backbone``."""
+    try:
+        name, pretrained = parse_spec(spec)
+    except BackboneError as exc:
+        return str(exc)
+    if spec.strip() in SPEC_ALIASES:
+        return None
+    if name.startswith("local-dir:"):
+        return f"it loads a model folder from this computer ('{name[len('local-dir:'):]}')"
+    if name.startswith("hf-hub:"):
+        return f"it downloads a model from the Hugging Face Hub repository '{name[len('hf-hub:'):]}'"
+    import open_clip
+
+    if name not in open_clip.list_models():
+        return f"'{name}' is not one of open_clip's models"
+    if pretrained is None:
+        return None
+    if pretrained in open_clip.list_pretrained_tags_by_model(name):
+        return None
+    return f"it loads a checkpoint file from this computer ('{pretrained}')"
+
+
 def load_backbone(spec: str, device: str | torch.device | None = None,
                   precision: str | None = None, compile: bool = False) -> "Backbone":
     """Load an open_clip model for encoding; see the module docstring for ``spec``.
@@ -154,6 +181,11 @@ def _load_failure_message(spec: str, model_name: str, pretrained: str | None, ex
             + ("'local-dir:/path' (a folder with the repo's open_clip_config.json and weights)."
                if model_name.startswith("hf-hub:") else f"'{model_name}:/path/to/checkpoint'.")
         )
+    if "weights_only" in text or "pickle" in text.lower():
+        # torch's advice here is to disable its safety check; never relay that.
+        return (f"Could not load backbone '{spec}': its checkpoint is not a plain weights file (loading it would "
+                f"need to run code from the file), and cbm_core does not load such files. Convert it to "
+                f"safetensors on a machine you trust, or use another checkpoint.")
     return f"Could not load backbone '{spec}': {text[:500]}"
 
 
@@ -259,10 +291,9 @@ class Backbone:
 
     def embed_prompts(self, names: Sequence[str], templates: Sequence[str] = ("{}",)) -> torch.Tensor:
         """Text vectors for ``names``, (K, D): each template filled, embedded, averaged, re-normalised."""
-        templates = list(templates) or ["{}"]
-        for t in templates:
-            if "{}" not in t:
-                raise ValueError(f"Prompt template '{t}' has no '{{}}' placeholder for the concept.")
+        from .concepts import check_templates
+
+        templates = list(check_templates(templates))
         texts = [t.format(n) for n in names for t in templates]
         emb = self.encode_texts(texts).view(len(names), len(templates), -1).mean(dim=1)
         return torch.nn.functional.normalize(emb, dim=-1)

@@ -1,8 +1,10 @@
-"""Build a CBM end to end: concepts + dataset + backbone -> a fitted, evaluated model.
+"""Build a CBM end to end: dataset + backbone + a recipe's inputs -> a fitted, evaluated model.
 
-The CLI's ``build`` and the app's Build page both call ``build_cbm``; long stages report
-``progress(stage, fraction)`` so a UI can show bars, and everything is kept on the result
-(skipped images, filter reports, the λ path) so a failure later loses nothing done before.
+The CLI's ``build`` and the app's Build page both call ``build_cbm`` with any registered recipe
+(``recipes.RECIPES``); it checks every input *before* the slow steps, and long stages report
+``progress(stage, fraction)`` so a UI can show bars. Everything is kept on the result (skipped
+images, filter reports, the sparsity path, the encoded data) so a failure later loses nothing
+done before.
 """
 from __future__ import annotations
 
@@ -12,13 +14,12 @@ from typing import Callable, Sequence
 import torch
 
 from .backbone import Backbone
-from .concepts import ConceptBank, FilterReport
+from .concepts import ConceptBank, FilterReport, check_templates
 from .data import FeatureSet, ImageDataset, extract_features
-from .evaluation import Metrics, evaluate
 from .errors import DatasetError
+from .evaluation import Metrics, evaluate
 from .model import ConceptBottleneckModel
-from .recipes import RECIPES
-from .recipes.elastic_net import PathPoint
+from .recipes import PathPoint, RecipeInputs, get_recipe
 
 Progress = Callable[[str, float], None]
 
@@ -35,52 +36,90 @@ class BuildResult:
     val_features: FeatureSet | None = None
 
 
-def _split_holdout(feats: FeatureSet, fraction: float = 0.2, seed: int = 0) -> tuple[FeatureSet, FeatureSet]:
-    perm = torch.randperm(len(feats.labels), generator=torch.Generator().manual_seed(seed))
-    n_val = max(1, int(len(perm) * fraction))
-    return feats.subset(perm[n_val:]), feats.subset(perm[:n_val])
+def _split_holdout(feats: FeatureSet, classes: Sequence[str], fraction: float = 0.2,
+                   seed: int = 0) -> tuple[FeatureSet, FeatureSet]:
+    """Hold out ``fraction`` of every class (at least one image each) for validation."""
+    g = torch.Generator().manual_seed(seed)
+    train, val = [], []
+    for c, name in enumerate(classes):
+        rows = (feats.labels == c).nonzero().flatten()
+        if len(rows) < 2:
+            raise DatasetError(f"Class '{name}' has {len(rows)} readable image{'s' * (len(rows) != 1)}; at least 2 are "
+                               f"needed (one to fit, one to validate), or pass a separate validation set.")
+        rows = rows[torch.randperm(len(rows), generator=g)]
+        n_val = max(1, round(len(rows) * fraction))
+        val.append(rows[:n_val])
+        train.append(rows[n_val:])
+    return feats.subset(torch.cat(train).sort().values), feats.subset(torch.cat(val).sort().values)
 
 
-def build_cbm(backbone: Backbone, train: ImageDataset, bank: ConceptBank, *, val: ImageDataset | None = None,
-              templates: Sequence[str] = ("{}",), recipe: str = "pcbm", lam: float = 1e-3, residual: bool = False,
+def _check_classes_present(feats: FeatureSet, classes: Sequence[str], what: str) -> None:
+    counts = torch.bincount(feats.labels, minlength=len(classes))
+    empty = [classes[c] for c in range(len(classes)) if int(counts[c]) == 0]
+    if empty:
+        raise DatasetError(f"The {what} images have no readable image of class{'es' * (len(empty) > 1)} "
+                           f"{', '.join(repr(c) for c in empty[:10])}; every class needs images to learn from.")
+
+
+def build_cbm(backbone: Backbone, train: ImageDataset, bank: ConceptBank | None = None, *,
+              val: ImageDataset | None = None, templates: Sequence[str] = ("{}",), recipe: str = "pcbm",
+              candidate_pool: dict[str, Sequence[str]] | None = None, vocabulary: Sequence[str] | None = None,
               dedupe: float | None = None, class_similarity: float | None = None, with_path: bool = False,
-              progress: Progress | None = None) -> BuildResult:
-    """Fit ``recipe`` on ``train`` (20 % held out for validation when ``val`` is None)."""
+              progress: Progress | None = None, **params) -> BuildResult:
+    """Fit ``recipe`` (any registered name) on ``train``, validating on ``val`` or, when None, on
+    20 % of each class held out. ``params`` are the recipe's options (e.g. ``lam=1e-3``); ``bank``,
+    ``candidate_pool`` and ``vocabulary`` are given where the recipe needs them (``Recipe.needs``).
+    ``dedupe`` / ``class_similarity`` filter a concept list by text similarity first."""
     report = lambda stage, frac: progress(stage, frac) if progress else None  # noqa: E731
-    report("embedding concepts", 0.0)
-    vectors = bank.embed(backbone, templates)
+    cls = get_recipe(recipe)
+    params = cls.check_params(params)  # bad options fail now, not after encoding
+    templates = check_templates(templates)
+    if len(train.classes) < 2:
+        raise DatasetError(f"The training data has {len(train.classes)} class; a classifier needs at least 2.")
+    if val is not None and tuple(val.classes) != tuple(train.classes):
+        raise DatasetError(f"Validation classes {list(val.classes)} differ from training classes {list(train.classes)}.")
+    pool = {c: tuple(s) for c, s in candidate_pool.items()} if candidate_pool else None
+    inputs = RecipeInputs(classes=tuple(train.classes), backbone_spec=backbone.spec, text=backbone.embed_prompts,
+                          templates=tuple(templates), concepts=bank if "concepts" in cls.needs else None,
+                          candidate_pool=pool, vocabulary=tuple(vocabulary) if vocabulary else None)
+    inputs.require(cls)
     removed = FilterReport()
-    if dedupe is not None:
-        bank, vectors, r = bank.filter_near_duplicates(vectors, dedupe)
-        removed = removed + r
-    if class_similarity is not None:
-        bank, vectors, r = bank.filter_class_similar(vectors, backbone.embed_prompts(train.classes, templates),
-                                                     train.classes, class_similarity)
-        removed = removed + r
+    if inputs.concepts is not None and (dedupe is not None or class_similarity is not None):
+        report("filtering concepts", 0.0)
+        vectors = bank.embed(backbone, templates)
+        if dedupe is not None:
+            bank, vectors, r = bank.filter_near_duplicates(vectors, dedupe)
+            removed = removed + r
+        if class_similarity is not None:
+            bank, vectors, r = bank.filter_class_similar(vectors, backbone.embed_prompts(train.classes, templates),
+                                                         train.classes, class_similarity)
+            removed = removed + r
+        if len(bank) == 0:
+            raise DatasetError("The concept filters removed every concept; loosen them.")
+        inputs = RecipeInputs(**{**inputs.__dict__, "concepts": bank})
     feats = extract_features(backbone, train, progress=lambda d, t: report("encoding training images", d / t))
     skipped = feats.skipped
+    _check_classes_present(feats, train.classes, "training")
     if val is not None:
-        if tuple(val.classes) != tuple(train.classes):
-            raise DatasetError(f"Validation classes {list(val.classes)} differ from training classes {list(train.classes)}.")
         vfeats = extract_features(backbone, val, progress=lambda d, t: report("encoding validation images", d / t))
         skipped = skipped + vfeats.skipped
         tr, va = feats, vfeats
     else:
-        tr, va = _split_holdout(feats)
-    (tr_x, tr_y), (va_x, va_y, va_g) = (tr.embeddings, tr.labels), (va.embeddings, va.labels, va.groups)
-    if recipe not in RECIPES:
-        raise ValueError(f"Unknown recipe '{recipe}'. Available: {', '.join(RECIPES)}.")
-    est = RECIPES[recipe](concepts=bank, concept_vectors=vectors, classes=train.classes, backbone_spec=backbone.spec,
-                          templates=templates, lam=lam, residual=residual)
+        tr, va = _split_holdout(feats, train.classes)
+    report("preparing the recipe", 0.0)
+    est = cls.from_inputs(inputs, **params)
     path = []
     if with_path:
-        report("λ path", 0.0)
-        path = est.path(tr_x, tr_y, va_x, va_y)
-    report("fitting the head", 0.0)
-    est.fit(tr_x, tr_y)
-    metrics = evaluate(est.model_, va_x, va_y, va_g)
+        report("sparsity path", 0.0)
+        path = est.path(tr.embeddings, tr.labels, va.embeddings, va.labels,
+                        progress=lambda f: report("sparsity path", f))
+    report(f"fitting {cls.name}", 0.0)
+    est.fit(tr.embeddings, tr.labels, val_features=va.embeddings, val_labels=va.labels,
+            concept_labels=tr.concept_labels)
+    metrics = evaluate(est.model_, va.embeddings, va.labels, va.groups)
     model = est.model_.with_changes(metrics={
         **est.model_.metrics, "val_accuracy": metrics.accuracy, "val_worst_group": metrics.worst_group,
-        **est.model_.sparsity(), "n_train": int(len(tr_y)), "n_val": int(len(va_y)), "skipped_images": len(skipped)})
+        **est.model_.sparsity(), "n_train": int(len(tr.labels)), "n_val": int(len(va.labels)),
+        "skipped_images": len(skipped)})
     report("done", 1.0)
     return BuildResult(model, metrics, removed, skipped, path, tr, va)

@@ -19,11 +19,14 @@ from pathlib import Path
 from .errors import CBMError
 
 
-def _dataset(path: str, split: str | None):
+def _dataset(path: str, split: str | None, allow_outside: bool = False):
     from .data import ImageDataset
 
     p = Path(path)
-    return ImageDataset.from_csv(p, split=split) if p.suffix.lower() == ".csv" else ImageDataset.from_folder(p)
+    if p.suffix.lower() != ".csv":
+        return ImageDataset.from_folder(p)
+    # (allow_outside: CSV paths outside the CSV's folder; refused by from_csv unless asked for)
+    return ImageDataset.from_csv(p, split=split, **({"allow_outside": True} if allow_outside else {}))
 
 
 def _features(backbone, dataset, quiet: bool):
@@ -35,68 +38,153 @@ def _features(backbone, dataset, quiet: bool):
     return feats
 
 
+class _StageBars:
+    """One progress bar per build stage, closed when the next stage starts (no stray bars)."""
+
+    def __init__(self, quiet: bool):
+        self.quiet, self.stage, self.bar = quiet, None, None
+
+    def __call__(self, stage: str, fraction: float) -> None:
+        if self.quiet:
+            return
+        if stage != self.stage:
+            self.close()
+            self.stage = stage
+            if stage == "done":
+                return
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=100, desc=stage, bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}",
+                            file=sys.stderr, leave=True)
+        if self.bar is not None:
+            self.bar.n = int(round(min(max(fraction, 0.0), 1.0) * 100))
+            self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.n = self.bar.total
+            self.bar.close()
+            self.bar = None
+
+
 def cmd_build(args) -> None:
     from .backbone import load_backbone
     from .build import build_cbm
-    from .concepts import ConceptBank
+    from .bundle import bundle_exists
+    from .concepts import ConceptBank, check_templates, load_candidate_pool, load_vocabulary
+    from .recipes import get_recipe
 
-    bank = ConceptBank.from_file(args.concepts)
+    recipe = get_recipe(args.recipe)
+    if bundle_exists(args.out) and not args.overwrite:  # before any slow step
+        raise CBMError(f"A bundle already exists at '{args.out}'. Choose another --out, or pass --overwrite to replace it.")
+    params = recipe.check_params({p.name: getattr(args, p.name) for p in recipe.params
+                                  if getattr(args, p.name, None) is not None})
+    templates = check_templates(args.template or ["{}"])
+    needs = set(recipe.needs)
+    for flag, need in (("--concepts", "concepts"), ("--pool", "candidate_pool"), ("--vocabulary", "vocabulary")):
+        if need in needs and getattr(args, need if need != "candidate_pool" else "pool") is None:
+            raise CBMError(f"Recipe '{recipe.name}' needs {flag}.")
+    bank = ConceptBank.from_file(args.concepts) if "concepts" in needs else None
+    vocabulary = load_vocabulary(args.vocabulary) if "vocabulary" in needs else None
+    train = _dataset(args.data, args.train_split, args.allow_outside_paths)
+    val = _dataset(args.val, args.val_split, args.allow_outside_paths) if args.val else None
+    pool = load_candidate_pool(args.pool, train.classes) if "candidate_pool" in needs else None
     backbone = load_backbone(args.backbone, device=args.device, precision=args.precision)
-    train = _dataset(args.data, args.train_split)
-    val = _dataset(args.val, args.val_split) if args.val else None
-    bars = {}
-
-    def progress(stage: str, fraction: float) -> None:
-        if args.quiet or not stage.startswith("encoding"):
-            return
-        from tqdm.auto import tqdm
-
-        bar = bars.setdefault(stage, tqdm(total=100, desc=stage, unit="%"))
-        bar.n = int(fraction * 100)
-        bar.refresh()
-
-    result = build_cbm(backbone, train, bank, val=val, templates=args.template or ["{}"], lam=args.lam,
-                       residual=args.residual, dedupe=args.dedupe, class_similarity=args.class_similarity,
-                       progress=progress)
-    for bar in bars.values():
-        bar.close()
+    bars = _StageBars(args.quiet)
+    try:
+        result = build_cbm(backbone, train, bank, val=val, templates=templates, recipe=recipe.name,
+                           candidate_pool=pool, vocabulary=vocabulary, dedupe=args.dedupe,
+                           class_similarity=args.class_similarity, progress=bars, **params)
+    finally:
+        bars.close()
     for name, why in result.removed_concepts.removed:
         print(f"removed concept '{name}': {why}", file=sys.stderr)
     for path, reason in result.skipped_images:
         print(f"skipped {path}: {reason}", file=sys.stderr)
+    for warning in result.model.recipe.get("warnings", []):
+        print(f"warning: {warning}", file=sys.stderr)
     out = result.model.save(args.out, overwrite=args.overwrite)
-    print(json.dumps({"bundle": str(out), **result.model.metrics}, indent=2))
+    print(json.dumps({"bundle": str(out), "recipe": result.model.recipe.get("name"), **result.model.metrics}, indent=2))
 
 
 def _load_pipeline(args):
     from .pipeline import Pipeline
 
-    return Pipeline.from_bundle(args.bundle, device=args.device, precision=args.precision)
+    return Pipeline.from_bundle(args.bundle, device=args.device, precision=args.precision,
+                                trust_backbone=args.trust_backbone)
+
+
+def _backbone(model, args):
+    from .pipeline import backbone_for
+
+    return backbone_for(model, device=args.device, precision=args.precision, trust=args.trust_backbone)
+
+
+MAX_INTERVENTION_BYTES = 1024 * 1024  # a hand-written or exported change list; far below this
+
+
+def _read_intervention(path: str):
+    """An intervention file, or a CBMError naming it: missing, not a file, too big, not UTF-8 JSON."""
+    from .interventions import Intervention
+
+    p = Path(path)
+    try:
+        if p.is_dir():
+            raise CBMError(f"Intervention file '{path}' is a folder; give the .json file exported by the app.")
+        if not p.is_file():
+            raise CBMError(f"Intervention file '{path}' does not exist." if not p.exists() else
+                           f"Intervention file '{path}' is not a regular file.")
+        if p.stat().st_size > MAX_INTERVENTION_BYTES:
+            raise CBMError(f"Intervention file '{path}' is larger than {MAX_INTERVENTION_BYTES // 1024} KB; "
+                           "it is not an intervention.")
+        text = p.read_bytes().decode("utf-8-sig")
+    except OSError as exc:
+        raise CBMError(f"Cannot read intervention file '{path}': {exc.strerror or exc}.") from None
+    except UnicodeDecodeError:
+        raise CBMError(f"Intervention file '{path}' is not UTF-8 text; it should be the .json file exported "
+                       "by the app.") from None
+    try:
+        return Intervention.from_json(text)
+    except CBMError as exc:
+        raise CBMError(f"'{path}': {exc}") from None
 
 
 def cmd_predict(args) -> None:
     from .errors import ImageError
-    from .interventions import Intervention
+    from .images import load_image, read_image_bytes
 
+    intervention = _read_intervention(args.intervention) if args.intervention else None  # before the slow load
     pipe = _load_pipeline(args)
-    intervention = Intervention.from_json(Path(args.intervention).read_text()) if args.intervention else None
+    for concept in intervention.concepts if intervention else ():
+        try:
+            pipe.model.concepts.index(concept)
+        except CBMError as exc:
+            raise CBMError(f"'{args.intervention}' does not fit this model: {exc}") from None
     results, failed = [], False
     for path in args.images:
         try:
-            exp = pipe.explain([path], intervention)
+            data, name = read_image_bytes(path)  # one bounded read; folders and devices refused here
+            notes = list(load_image(data, name).notes)
+            exp = pipe.explain_encoded([pipe.encode(data, name)], intervention)
         except ImageError as exc:
-            print(f"error: {exc}", file=sys.stderr)
+            results.append({"image": path, "error": str(exc)})
             failed = True
             continue
         top = exp.classes_frame(0, args.top)
         concepts = exp.to_frame(0).head(args.top)
         results.append({"image": path, "prediction": top["class"][0],
                         "top_classes": top.to_dict(orient="records"),
-                        "top_concepts": concepts[["concept", "score", "percentile", "contribution"]].to_dict(orient="records")})
+                        "top_concepts": concepts[["concept", "score", "percentile", "contribution"]].to_dict(orient="records"),
+                        "notes": notes})
     if args.json:
-        print(json.dumps(results, indent=2))
+        print(json.dumps(results, indent=2))  # failed images too, in order, each with its reason
     else:
         for r in results:
+            if "error" in r:
+                print(f"error: {r['error']}", file=sys.stderr)
+                continue
+            for note in r["notes"]:
+                print(f"note: {note}", file=sys.stderr)
             probs = ", ".join(f"{c['class']} {c['probability']:.1%}" for c in r["top_classes"])
             why = ", ".join(f"{c['concept']} ({c['contribution']:+.2f})" for c in r["top_concepts"])
             print(f"{r['image']}: {r['prediction']}  [{probs}]\n    because: {why}")
@@ -105,13 +193,12 @@ def cmd_predict(args) -> None:
 
 
 def cmd_evaluate(args) -> None:
-    from .backbone import load_backbone
     from .bundle import load_bundle
     from .evaluation import evaluate
 
     model = load_bundle(args.bundle)
-    backbone = load_backbone(model.backbone_spec, device=args.device, precision=args.precision)
-    data = _dataset(args.data, args.split)
+    backbone = _backbone(model, args)
+    data = _dataset(args.data, args.split, args.allow_outside_paths)
     _check_classes(model, data)
     feats = _features(backbone, data, args.quiet)
     m = evaluate(model, feats.embeddings, feats.labels, feats.groups)
@@ -124,17 +211,17 @@ def _check_classes(model, data) -> None:
 
 
 def cmd_edit(args) -> None:
-    from .bundle import load_bundle
+    from .bundle import bundle_exists, load_bundle
     from .edits import prune_concepts
     from .evaluation import compare
 
+    if bundle_exists(args.out) and not args.overwrite:  # before any slow step
+        raise CBMError(f"A bundle already exists at '{args.out}'. Choose another --out, or pass --overwrite to replace it.")
     model = load_bundle(args.bundle)
-    result = prune_concepts(model, args.prune, args.only_class or None)
+    result = prune_concepts(model, args.prune, args.only_class or None)  # names: any case; typos get a suggestion
     if args.data:
-        from .backbone import load_backbone
-
-        backbone = load_backbone(model.backbone_spec, device=args.device, precision=args.precision)
-        data = _dataset(args.data, args.split)
+        backbone = _backbone(model, args)
+        data = _dataset(args.data, args.split, args.allow_outside_paths)
         _check_classes(model, data)
         feats = _features(backbone, data, args.quiet)
         print(compare(model, result.model, feats.embeddings, feats.labels, feats.groups).to_string(index=False))
@@ -152,7 +239,29 @@ def cmd_info(args) -> None:
     print(json.dumps(info, indent=2))
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _build_description(recipe) -> str:
+    from .recipes import list_recipes
+
+    lines = ["Build a concept bottleneck model and save it as a bundle.", "", "Recipes:"]
+    lines += [f"  {r.name:<10} {r.summary}" for r in list_recipes()]
+    lines += ["", f"Options below are those of --recipe {recipe.name}."]
+    return "\n".join(lines)
+
+
+def _requested_recipe(argv) -> str:
+    """The --recipe given on the command line (to generate that recipe's options), else pcbm."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--recipe", default="pcbm")
+    name = pre.parse_known_args(argv)[0].recipe
+    from .recipes import RECIPES
+
+    return name if name in RECIPES else "pcbm"
+
+
+def build_parser(recipe_name: str = "pcbm") -> argparse.ArgumentParser:
+    from .recipes import RECIPES, get_recipe
+
+    recipe = get_recipe(recipe_name)
     parser = argparse.ArgumentParser(prog="python -m cbm_core", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -163,24 +272,48 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
         p.add_argument("--precision", default=None, choices=["fp32", "bf16", "fp16"])
         p.add_argument("--quiet", action="store_true", help="no progress bar")
+        if bundle:
+            p.add_argument("--trust-backbone", action="store_true",
+                           help="load the bundle's backbone even when it points at a local path or a hub repository "
+                                "(only for bundles from a source you trust)")
 
-    b = sub.add_parser("build", help="dataset + concepts + backbone -> a bundle (PCBM recipe)")
+    b = sub.add_parser("build", help="dataset + backbone + concepts -> a bundle, with any recipe",
+                       description=_build_description(recipe), formatter_class=argparse.RawDescriptionHelpFormatter)
+    b.add_argument("--recipe", default=recipe.name, choices=list(RECIPES),
+                   help="how the model is built (default pcbm); `build --recipe NAME --help` lists its options")
     b.add_argument("--backbone", required=True, help="e.g. ViT-B-32:openai, hf-hub:org/repo, local-dir:/path, demo")
     b.add_argument("--data", required=True, help="a folder of class sub-folders, or a CSV manifest")
     b.add_argument("--train-split", default=None, help="with a CSV: the value of its 'split' column to train on")
-    b.add_argument("--val", default=None, help="validation data (folder or CSV); default: 20%% of --data")
+    b.add_argument("--val", default=None, help="validation data (folder or CSV); default: 20%% of each class of --data")
     b.add_argument("--val-split", default=None, help="with a CSV: the 'split' value to validate on")
-    b.add_argument("--concepts", required=True, help="concept list: .txt (one per line), .csv or .json")
-    b.add_argument("--template", action="append", help="prompt template with {}, repeatable (averaged)")
-    b.add_argument("--lam", type=float, default=1e-3, help="elastic-net strength (higher = sparser)")
-    b.add_argument("--residual", action="store_true", help="PCBM-h: add a residual head on the embedding")
-    b.add_argument("--dedupe", type=float, default=None, metavar="COS", help="drop near-duplicate concepts above this cosine")
-    b.add_argument("--class-similarity", type=float, default=None, metavar="COS",
-                   help="drop concepts closer than this to a class name")
+    b.add_argument("--allow-outside-paths", action="store_true",
+                   help="with a CSV: accept image paths outside the CSV's folder (absolute or with ..)")
+    inputs = b.add_argument_group(f"what {recipe.name} needs")
+    if "concepts" in recipe.needs:
+        inputs.add_argument("--concepts", required=True, help="concept list: .txt (one per line), .csv or .json")
+        inputs.add_argument("--dedupe", type=float, default=None, metavar="COS",
+                            help="drop near-duplicate concepts above this cosine")
+        inputs.add_argument("--class-similarity", type=float, default=None, metavar="COS",
+                            help="drop concepts closer than this to a class name")
+    if "candidate_pool" in recipe.needs:
+        inputs.add_argument("--pool", required=True, help="candidate sentences per class: 'class<TAB>sentence' lines")
+    if "vocabulary" in recipe.needs:
+        inputs.add_argument("--vocabulary", required=True, help="words / phrases to name learned concepts, one per line")
+    if recipe.uses_text:
+        inputs.add_argument("--template", action="append", help="prompt template with one {}, repeatable (averaged)")
+    options = b.add_argument_group(f"{recipe.name} options")
+    for param in recipe.params:
+        kwargs = dict(default=None, help=f"{param.help} (default {param.default})")
+        if param.type is bool:
+            options.add_argument(param.flag, dest=param.name, action=argparse.BooleanOptionalAction, **kwargs)
+        else:
+            options.add_argument(param.flag, dest=param.name, metavar=param.type.__name__.upper(),
+                                 choices=param.choices, **kwargs)
     b.add_argument("--out", required=True, help="bundle folder, or a path ending in .zip")
-    b.add_argument("--overwrite", action="store_true")
+    b.add_argument("--overwrite", action="store_true", help="replace a bundle that already exists at --out")
     common(b, bundle=False)
-    b.set_defaults(func=cmd_build)
+    b.set_defaults(func=cmd_build, concepts=None, pool=None, vocabulary=None, template=None, dedupe=None,
+                   class_similarity=None)
 
     p = sub.add_parser("predict", help="images -> predictions and the concepts behind them")
     p.add_argument("images", nargs="+")
@@ -193,6 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="accuracy, per-class and worst-group accuracy on a dataset")
     e.add_argument("--data", required=True)
     e.add_argument("--split", default=None, help="with a CSV: the 'split' value to evaluate on")
+    e.add_argument("--allow-outside-paths", action="store_true",
+                   help="with a CSV: accept image paths outside the CSV's folder (absolute or with ..)")
     common(e)
     e.set_defaults(func=cmd_evaluate)
 
@@ -201,6 +336,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--only-class", action="append", help="prune only for this class, repeatable")
     d.add_argument("--data", default=None, help="show accuracy before/after on this data")
     d.add_argument("--split", default=None)
+    d.add_argument("--allow-outside-paths", action="store_true",
+                   help="with a CSV: accept image paths outside the CSV's folder (absolute or with ..)")
     d.add_argument("--out", required=True)
     d.add_argument("--overwrite", action="store_true")
     common(d)
@@ -213,7 +350,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(_requested_recipe(argv)).parse_args(argv)
     try:
         args.func(args)
     except CBMError as exc:

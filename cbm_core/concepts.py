@@ -48,19 +48,27 @@ class ConceptBank:
     """An ordered list of unique concept names with where each came from.
 
     ``sources[i]`` is the provenance of ``names[i]``: ``"user"`` (typed), ``"file:<name>"``,
-    ``"template"``, ``"generated:<how>"`` or ``"toybirds"``.
+    ``"template"``, ``"generated:<how>"`` or ``"toybirds"``. ``name_similarity[i]``, when the names
+    were given to learned directions afterwards (DN-CBM names each latent by its nearest word), is
+    how close the name's text embedding is to what the concept detects (cosine): how sure the
+    name is. Empty when the concepts were named first.
     """
 
     names: tuple[str, ...]
     sources: tuple[str, ...] = field(default=())
+    name_similarity: tuple[float, ...] = field(default=())
 
     def __post_init__(self):
         names = tuple(self.names)
         sources = tuple(self.sources) if self.sources else ("user",) * len(names)
         if len(sources) != len(names):
             raise ConceptError(f"{len(names)} concepts but {len(sources)} provenance entries.")
+        similarity = tuple(float(x) for x in self.name_similarity)
+        if similarity and len(similarity) != len(names):
+            raise ConceptError(f"{len(names)} concepts but {len(similarity)} name similarities.")
         object.__setattr__(self, "names", names)
         object.__setattr__(self, "sources", sources)
+        object.__setattr__(self, "name_similarity", similarity)
         validate_concepts(names)
 
     def __len__(self) -> int:
@@ -77,7 +85,8 @@ class ConceptBank:
 
     def subset(self, keep: Iterable[int]) -> "ConceptBank":
         keep = list(keep)
-        return ConceptBank(tuple(self.names[i] for i in keep), tuple(self.sources[i] for i in keep))
+        return ConceptBank(tuple(self.names[i] for i in keep), tuple(self.sources[i] for i in keep),
+                           tuple(self.name_similarity[i] for i in keep) if self.name_similarity else ())
 
     # -- loaders -------------------------------------------------------------------------
     @classmethod
@@ -179,11 +188,27 @@ class ConceptBank:
         return self.subset(keep), FilterReport(removed)
 
     def to_records(self) -> list[dict]:
-        return [{"name": n, "source": s} for n, s in zip(self.names, self.sources)]
+        records = [{"name": n, "source": s} for n, s in zip(self.names, self.sources)]
+        for record, sim in zip(records, self.name_similarity):
+            record["name_similarity"] = sim
+        return records
 
     @classmethod
     def from_records(cls, records: Sequence[dict]) -> "ConceptBank":
-        return cls(tuple(r["name"] for r in records), tuple(r.get("source", "user") for r in records))
+        similarity = tuple(r["name_similarity"] for r in records) if records and all(
+            "name_similarity" in r for r in records) else ()
+        return cls(tuple(r["name"] for r in records), tuple(r.get("source", "user") for r in records), similarity)
+
+
+def check_templates(templates: Sequence[str]) -> tuple[str, ...]:
+    """Prompt templates, each with exactly one ``{}`` for the concept and no other braces
+    (``ConceptError`` otherwise); an empty list means ``("{}",)``."""
+    templates = tuple(templates) or DEFAULT_TEMPLATES
+    for t in templates:
+        if not isinstance(t, str) or t.count("{}") != 1 or t.replace("{}", "").count("{") or t.replace("{}", "").count("}"):
+            raise ConceptError(f"Prompt template {t!r} must contain exactly one '{{}}' placeholder for the concept "
+                               f"(and no other braces), e.g. 'a photo of {{}}.'.")
+    return templates
 
 
 def validate_concepts(names: Sequence[str]) -> None:
@@ -219,3 +244,60 @@ def _preview(items: Sequence, limit: int = 8) -> str:
     items = [str(x) for x in items]
     more = f" and {len(items) - limit} more" if len(items) > limit else ""
     return ", ".join(items[:limit]) + more
+
+
+def _text_lines(path: str | Path, what: str) -> list[tuple[int, str]]:
+    """(line number, stripped line) of a UTF-8 text file, blank lines and '#' comments skipped."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConceptError(f"{what} '{path}' does not exist (or is not a file).")
+    if path.stat().st_size > 64 * 2**20:
+        raise ConceptError(f"{what} '{path.name}' is larger than 64 MB.")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConceptError(f"{what} '{path.name}' is not UTF-8 text (byte {exc.start}).") from None
+    return [(i, ln.strip()) for i, ln in enumerate(text.splitlines(), 1) if ln.strip() and not ln.strip().startswith("#")]
+
+
+def load_candidate_pool(path: str | Path, classes: Sequence[str] | None = None) -> dict[str, tuple[str, ...]]:
+    """A LaBo-style pool of candidate concept sentences per class: a text file of
+    ``class<TAB>sentence`` lines (``#`` comments). With ``classes``, every class must have
+    candidates and every line must name a known class. Duplicates within a class are dropped."""
+    pool: dict[str, list[str]] = {}
+    name = Path(path).name
+    for number, line in _text_lines(path, "Candidate pool"):
+        cls, sep, sentence = line.partition("\t")
+        cls, sentence = cls.strip(), sentence.strip()
+        if not sep or not cls or not sentence:
+            raise ConceptError(f"Candidate pool '{name}', line {number}: expected 'class<TAB>sentence', got {line[:60]!r}.")
+        if len(sentence) > MAX_CONCEPT_CHARS:
+            raise ConceptError(f"Candidate pool '{name}', line {number}: the sentence is longer than "
+                               f"{MAX_CONCEPT_CHARS} characters.")
+        if sentence.lower() not in {s.lower() for s in pool.get(cls, [])}:
+            pool.setdefault(cls, []).append(sentence)
+    if not pool:
+        raise ConceptError(f"Candidate pool '{name}' holds no 'class<TAB>sentence' lines.")
+    if classes is not None:
+        unknown = sorted(set(pool) - set(classes))
+        empty = [c for c in classes if c not in pool]
+        if unknown:
+            raise ConceptError(f"Candidate pool '{name}' names classes the data does not have: {_preview(unknown)}.")
+        if empty:
+            raise ConceptError(f"Candidate pool '{name}' has no candidates for classes {_preview(empty)}.")
+    return {c: tuple(s) for c, s in pool.items()}
+
+
+def load_vocabulary(path: str | Path) -> tuple[str, ...]:
+    """Words or phrases to name learned concepts with (DN-CBM): one per line, ``#`` comments;
+    case-insensitive duplicates dropped."""
+    seen, words = set(), []
+    for number, line in _text_lines(path, "Vocabulary"):
+        if len(line) > MAX_CONCEPT_CHARS:
+            raise ConceptError(f"Vocabulary '{Path(path).name}', line {number} is longer than {MAX_CONCEPT_CHARS} characters.")
+        if line.lower() not in seen:
+            seen.add(line.lower())
+            words.append(line)
+    if not words:
+        raise ConceptError(f"Vocabulary '{Path(path).name}' holds no words.")
+    return tuple(words)

@@ -31,5 +31,14 @@ class BundleError(CBMError):
     """A bundle is missing files, tampered with, unsafe, or from an unknown format version."""
 
 
+class UntrustedBackboneError(BundleError):
+    """A bundle names a backbone outside open_clip's published models (a local path, a hub repository);
+    loading it needs the user's consent (``trust_backbone=True``, ``--trust-backbone``)."""
+
+
 class InterventionError(CBMError):
     """An intervention names an unknown concept or an invalid value."""
+
+
+class RecipeError(CBMError, ValueError):
+    """A recipe's options or inputs are unusable, or its fit failed (e.g. produced non-finite numbers)."""

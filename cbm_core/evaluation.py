@@ -1,5 +1,5 @@
 """Evaluation: accuracy, per-class and worst-group accuracy, before/after comparisons, the
-confusion matrix, concept co-occurrence warnings and a random-concept baseline."""
+confusion matrix and concept co-occurrence warnings. (Baselines live in ``baselines.py``.)"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -80,21 +80,3 @@ def cooccurrence_warnings(model: ConceptBottleneckModel, embeddings: torch.Tenso
     names = model.concepts.names
     rows = [(names[a], names[b], float(v)) for a, b, v in zip(i[keep].tolist(), j[keep].tolist(), vals[keep])]
     return pd.DataFrame(sorted(rows, key=lambda r: -abs(r[2])), columns=["concept_a", "concept_b", "correlation"])
-
-
-def random_concept_baseline(model: ConceptBottleneckModel, train_x: torch.Tensor, train_y: torch.Tensor,
-                            test_x: torch.Tensor, test_y: torch.Tensor, seed: int = 0) -> dict:
-    """Accuracy of the same recipe and λ over as many *random* unit directions as the model has
-    concepts — what the named concepts must beat by a wide margin to mean anything."""
-    from .concepts import ConceptBank
-    from .recipes import PCBM
-
-    g = torch.Generator().manual_seed(seed)
-    K, D = model.concept_vectors.shape
-    vectors = torch.nn.functional.normalize(torch.randn(K, D, generator=g), dim=1)
-    bank = ConceptBank(tuple(f"random {k}" for k in range(K)))
-    est = PCBM(concepts=bank, concept_vectors=vectors, classes=model.classes, backbone_spec=model.backbone_spec,
-               lam=float(model.recipe.get("lam", 1e-3)), l1_ratio=float(model.recipe.get("l1_ratio", 0.99))).fit(train_x, train_y)
-    base = evaluate(est.model_, test_x, test_y)
-    return {"random_accuracy": base.accuracy, "random_nec": est.model_.sparsity()["nec"],
-            "model_accuracy": evaluate(model, test_x, test_y).accuracy, "model_nec": model.sparsity()["nec"]}

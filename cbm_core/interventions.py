@@ -21,7 +21,7 @@ import torch
 from .errors import InterventionError
 
 if TYPE_CHECKING:
-    from .model import ConceptStats
+    from .stats import ConceptStats
 
 Op = Literal["set", "scale", "ablate", "clamp"]
 _OPS = ("set", "scale", "ablate", "clamp")

@@ -1,8 +1,10 @@
 """The concept bottleneck model: concept layer + linear head over named concepts.
 
-    embedding e (D,) ─ cosine with concept vectors ─> raw scores s (K,)
+    embedding e (D,) ─ concept layer (concept_layer.py) ─> raw scores s (K,)
       ─ standardise with training stats ─> z = (s - mean) / std (K,)
       ─ linear head ─> logits = W z + b  [+ R e for PCBM-h]  (C,)
+
+Every recipe produces this one model; only the concept layer differs between them.
 
 Because the head is linear over named concepts, ``logit_c = sum_k W[c, k] z_k + b_c + r_c``
 exactly; ``W[c, k] z_k`` is concept k's contribution to class c, and ``r_c`` the residual's.
@@ -10,70 +12,14 @@ exactly; ``W[c, k] z_k`` is concept k's contribution to class c, and ``r_c`` the
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Sequence
 
 import torch
 
+from .concept_layer import ConceptLayer
 from .concepts import ConceptBank
 from .errors import ConceptError
 from .interventions import Intervention
-
-QUANTILE_LEVELS = torch.linspace(0.0, 100.0, 101)
-
-
-@dataclass(frozen=True, eq=False)
-class ConceptStats:
-    """Training-split distribution of each concept's raw score.
-
-    mean, std: (K,); quantiles: (101, K) — the 0th, 1st, ..., 100th percentiles.
-    """
-
-    names: tuple[str, ...]
-    mean: torch.Tensor
-    std: torch.Tensor
-    quantiles: torch.Tensor
-
-    @classmethod
-    def from_scores(cls, names: Sequence[str], scores: torch.Tensor) -> "ConceptStats":
-        """scores: (N, K) raw training scores."""
-        scores = scores.float()
-        std = scores.std(dim=0, unbiased=False).clamp_min(1e-6)
-        quantiles = torch.quantile(scores, QUANTILE_LEVELS / 100.0, dim=0)
-        return cls(tuple(names), scores.mean(dim=0), std, quantiles)
-
-    def index(self, name: str) -> int:
-        try:
-            return self.names.index(name)
-        except ValueError:
-            raise ConceptError(f"Unknown concept '{name}'.") from None
-
-    def values_at(self, percentile: float) -> torch.Tensor:
-        """The raw score at ``percentile`` (0-100) of every concept, (K,), interpolated between
-        the stored whole percentiles."""
-        p = min(max(float(percentile), 0.0), 100.0)
-        i = min(int(p), 99)
-        return self.quantiles[i] + (p - i) * (self.quantiles[i + 1] - self.quantiles[i])
-
-    def value_at(self, k: int, percentile: float) -> float:
-        """The raw score at ``percentile`` (0-100) of concept k."""
-        return float(self.values_at(percentile)[k])
-
-    def percentile_of(self, scores: torch.Tensor) -> torch.Tensor:
-        """Percentile (0-100) of each raw score in the training distribution; scores: (..., K)."""
-        K = scores.shape[-1]
-        values = scores.float().reshape(-1, K).T.contiguous()  # (K, M)
-        q = self.quantiles.T.contiguous()  # (K, 101)
-        idx = torch.searchsorted(q, values, right=True).clamp(1, q.shape[1] - 1)
-        x0, x1 = q.gather(1, idx - 1), q.gather(1, idx)
-        y0, y1 = QUANTILE_LEVELS[idx - 1], QUANTILE_LEVELS[idx]
-        t = torch.where(x1 > x0, (values - x0) / (x1 - x0).clamp_min(1e-12), torch.full_like(values, 0.5))
-        pct = y0 + t.clamp(0, 1) * (y1 - y0)
-        pct = torch.where(values < q[:, :1], 0.0, torch.where(values > q[:, -1:], 100.0, pct))
-        return pct.T.reshape(scores.shape)
-
-    def subset(self, keep: Sequence[int]) -> "ConceptStats":
-        keep = list(keep)
-        return ConceptStats(tuple(self.names[i] for i in keep), self.mean[keep], self.std[keep], self.quantiles[:, keep])
+from .stats import QUANTILE_LEVELS, ConceptStats  # noqa: F401 (ConceptStats is part of a model)
 
 
 @dataclass(frozen=True, eq=False)
@@ -184,13 +130,13 @@ class Explanation:
 class ConceptBottleneckModel:
     """A fitted CBM. Immutable: edits return a new model with an extra edit-log entry.
 
-    concept_vectors: (K, D) unit norm; weight: (C, K) over standardised scores; bias: (C,);
-    residual_weight: (C, D) or None (PCBM-h).
+    concept_layer: embeddings (N, D) -> raw scores (N, K); weight: (C, K) over standardised
+    scores; bias: (C,); residual_weight: (C, D) or None (PCBM-h).
     """
 
     backbone_spec: str
     concepts: ConceptBank
-    concept_vectors: torch.Tensor
+    concept_layer: ConceptLayer
     classes: tuple[str, ...]
     stats: ConceptStats
     weight: torch.Tensor
@@ -204,10 +150,10 @@ class ConceptBottleneckModel:
 
     def __post_init__(self):
         K, C = len(self.concepts), len(self.classes)
-        checks = [("concept_vectors", self.concept_vectors.shape[0], K), ("weight", tuple(self.weight.shape), (C, K)),
+        checks = [("concept_layer", self.concept_layer.n_concepts, K), ("weight", tuple(self.weight.shape), (C, K)),
                   ("bias", tuple(self.bias.shape), (C,)), ("stats", len(self.stats.names), K)]
         if self.residual_weight is not None:
-            checks.append(("residual_weight", self.residual_weight.shape[0], C))
+            checks.append(("residual_weight", tuple(self.residual_weight.shape), (C, self.embed_dim)))
         for name, got, want in checks:
             if got != want:
                 raise ValueError(f"{name} has shape {got}; expected {want} for {K} concepts and {C} classes.")
@@ -218,14 +164,14 @@ class ConceptBottleneckModel:
 
     @property
     def embed_dim(self) -> int:
-        return int(self.concept_vectors.shape[1])
+        return self.concept_layer.embed_dim
 
     def concept_scores(self, embeddings: torch.Tensor) -> torch.Tensor:
-        """Raw scores, (N, K): cosine of unit-norm embeddings (N, D) with the concept vectors."""
+        """Raw scores, (N, K), of unit-norm embeddings (N, D) through the concept layer."""
         if embeddings.ndim != 2 or embeddings.shape[1] != self.embed_dim:
             raise ValueError(f"embeddings must be (N, {self.embed_dim}); got {tuple(embeddings.shape)}. "
                              f"Was it encoded with this model's backbone ({self.backbone_spec})?")
-        return embeddings.float() @ self.concept_vectors.T
+        return self.concept_layer(embeddings)
 
     def standardize(self, scores: torch.Tensor) -> torch.Tensor:
         return (scores - self.stats.mean) / self.stats.std

@@ -13,9 +13,9 @@ from typing import Sequence
 
 import torch
 
-from .backbone import Backbone, ImageEncoding, load_backbone
+from .backbone import Backbone, ImageEncoding, load_backbone, spec_needs_trust
 from .bundle import load_bundle
-from .errors import BackboneError
+from .errors import BackboneError, UntrustedBackboneError
 from .images import ImageSource, decode_image, image_digest, read_image_bytes
 from .interventions import Intervention
 from .model import ConceptBottleneckModel, Explanation
@@ -31,6 +31,18 @@ class EncodedImage:
     embedding: torch.Tensor
     spatial: torch.Tensor | None
     pixels: torch.Tensor | None = None  # (3, H, W) preprocessed, for gradient saliency
+
+
+def backbone_for(model: ConceptBottleneckModel, *, device=None, precision=None, trust: bool = False) -> Backbone:
+    """Load the backbone a model was built on — after the user's consent (``trust``) where its spec
+    came from someone else and points outside open_clip's published models."""
+    reason = spec_needs_trust(model.backbone_spec)
+    if reason and not trust:
+        raise UntrustedBackboneError(
+            f"This model's backbone is '{model.backbone_spec}': {reason}. Load it only if you trust where the "
+            f"bundle came from: pass --trust-backbone on the command line, trust_backbone=True in Python, or "
+            f"confirm in the app.")
+    return load_backbone(model.backbone_spec, device=device, precision=precision)
 
 
 class EncodingCache:
@@ -70,9 +82,11 @@ class Pipeline:
         self.cache = cache if cache is not None else EncodingCache()
 
     @classmethod
-    def from_bundle(cls, path, device=None, precision=None) -> "Pipeline":
+    def from_bundle(cls, path, device=None, precision=None, trust_backbone: bool = False) -> "Pipeline":
+        """A bundle and its backbone. A backbone spec outside open_clip's published models (a local
+        path, a hub repository) is loaded only with ``trust_backbone=True``; see ``spec_needs_trust``."""
         model = load_bundle(path)
-        return cls(load_backbone(model.backbone_spec, device=device, precision=precision), model)
+        return cls(backbone_for(model, device=device, precision=precision, trust=trust_backbone), model)
 
     def with_model(self, model: ConceptBottleneckModel) -> "Pipeline":
         """The same backbone (and its cache of decoded images) under another model, e.g. after an edit."""
@@ -111,16 +125,16 @@ class Pipeline:
         from .saliency import DenseConceptMaps, GradCAM
 
         names = list(concepts) if concepts is not None else list(self.model.concepts.names)
-        vectors = self.model.concept_vectors[[self.model.concepts.index(n) for n in names]]
+        layer = self.model.concept_layer.subset([self.model.concepts.index(n) for n in names])
         if method in ("dense", "dense-surgery"):
             grid = encoded.spatial.shape[-1]
             scale = -(-7 // grid) if self.backbone.kind == "resnet" and grid < 7 else 1
             maps = DenseConceptMaps(self.backbone, surgery=method == "dense-surgery", scale=scale).attribute(
-                encoded.pixels[None], vectors, spatial=encoded.spatial[None])
+                encoded.pixels[None], layer, spatial=encoded.spatial[None])
         elif method == "gradcam":
             if encoded.pixels is None:
                 raise ValueError("Grad-CAM needs the preprocessed pixels; re-encode the image.")
-            maps = GradCAM(self.backbone).attribute(encoded.pixels[None], vectors)
+            maps = GradCAM(self.backbone).attribute(encoded.pixels[None], layer)
         else:
             raise ValueError(f"Unknown saliency method '{method}'; use dense, dense-surgery or gradcam.")
         return maps.to_image(encoded.size, out_size)[0]

@@ -4,12 +4,12 @@ One small class per method, one verb, captum-style: ``attribute(...) -> Saliency
 
 - ``DenseConceptMaps`` (default, forward only): every spatial position of the last feature map
   goes through the model's own head — ViT: ``ln_post`` + ``proj``; open_clip ResNet: the
-  attention pool's value and output projections (MaskCLIP) — and is compared (cosine) with every
-  concept vector. All K concepts in one matrix product. ``surgery=True`` removes the part that
-  all concepts share at a position (CLIP Surgery-style).
-- ``GradCAM``: gradients of each concept's cosine score at the last block's input (ViT, class
-  token dropped) or the last ResNet stage; K concepts in ONE backward pass by replicating the
-  activation K times (each copy only feeds its own concept's score).
+  attention pool's value and output projections (MaskCLIP) — and then through the model's concept
+  layer (a cosine with text vectors, a learned projection, an SAE encoder: ``concept_layer.py``),
+  exactly as the pooled embedding is. All K concepts at once. ``surgery=True`` removes the part
+  that all concepts share at a position (CLIP Surgery-style).
+- ``GradCAM``: gradients of each concept's score at the last block's input (ViT, class token
+  dropped) or a ResNet stage; K concepts in ONE batched backward pass (see ``attribute``).
 - ``Occlusion``: a perturbation audit for one concept — the score drop when a patch is greyed
   out, every patch position in batched forwards.
 
@@ -25,6 +25,12 @@ import torch
 import torch.nn.functional as F
 
 from .backbone import Backbone
+from .concept_layer import ConceptLayer, TextCosine
+
+
+def as_layer(concepts: "ConceptLayer | torch.Tensor") -> ConceptLayer:
+    """A concept layer, or (K, D) text vectors taken as a cosine layer."""
+    return concepts if isinstance(concepts, ConceptLayer) else TextCosine(F.normalize(concepts.float(), dim=-1))
 
 
 @dataclass(frozen=True)
@@ -114,11 +120,12 @@ class DenseConceptMaps:
         return bb.model.visual.forward_intermediates(x, indices=1, intermediates_only=True)["image_intermediates"][-1]
 
     @torch.no_grad()
-    def attribute(self, pixels: torch.Tensor | None, concept_vectors: torch.Tensor,
+    def attribute(self, pixels: torch.Tensor | None, concepts: ConceptLayer | torch.Tensor,
                   spatial: torch.Tensor | None = None) -> SaliencyMaps:
         """pixels: (N, 3, H, W) preprocessed, or None when ``spatial`` — the cached (N, C, h, w)
         from ``Backbone.encode_images(with_spatial=True)`` — is given and scale is 1.
-        concept_vectors: (K, D) unit norm. Returns cosine maps (N, K, h, w)."""
+        concepts: the model's concept layer (or (K, D) text vectors). Returns the concept scores
+        of every position, (N, K, h, w), in the layer's own units."""
         visual = self.backbone.model.visual
         if spatial is None or self.scale != 1:
             if pixels is None:
@@ -133,7 +140,7 @@ class DenseConceptMaps:
         else:
             raise NotImplementedError(f"Dense maps need a ViT or ResNet open_clip tower, not {type(visual).__name__}.")
         emb = F.normalize(emb.float(), dim=-1).cpu()
-        maps = torch.einsum("nld,kd->nkl", emb, concept_vectors.float()).reshape(N, -1, h, w)
+        maps = as_layer(concepts)(emb).transpose(1, 2).reshape(N, -1, h, w)
         if self.surgery:
             maps = maps - maps.mean(dim=1, keepdim=True)
         return SaliencyMaps(maps, self.backbone.image_size, "dense-surgery" if self.surgery else "dense",
@@ -141,7 +148,7 @@ class DenseConceptMaps:
 
 
 class GradCAM:
-    """Grad-CAM of each concept's cosine score; all K concepts in one batched backward pass.
+    """Grad-CAM of each concept's score; all K concepts in one batched backward pass.
 
     ``layer``: where the activation is taken. ViT: the input of block ``layer`` (default the last
     block; the class token is dropped). ResNet: the output of stage ``layer`` of 1-4 (default 4,
@@ -193,11 +200,12 @@ class GradCAM:
             x = stage(x)
         return visual.attnpool(x)
 
-    def attribute(self, pixels: torch.Tensor, concept_vectors: torch.Tensor) -> SaliencyMaps:
-        """pixels: (N, 3, H, W) preprocessed; concept_vectors: (K, D). Returns (N, K, h, w)."""
+    def attribute(self, pixels: torch.Tensor, concepts: ConceptLayer | torch.Tensor) -> SaliencyMaps:
+        """pixels: (N, 3, H, W) preprocessed; concepts: the model's concept layer (or (K, D) text
+        vectors). Returns (N, K, h, w)."""
         bb = self.backbone
-        vectors = F.normalize(concept_vectors.float(), dim=-1).to(bb.device)
-        K, D = vectors.shape
+        layer = as_layer(concepts).to(bb.device)
+        K, D = layer.n_concepts, layer.embed_dim
         out = []
         for image in pixels:
             with torch.no_grad():
@@ -205,13 +213,11 @@ class GradCAM:
             act = act.detach().requires_grad_(True)
             with torch.enable_grad():
                 emb = self._tail(act).float()  # (1, D)
-            # d cos(e, v_k) / de = (v_k - s_k ê) / |e|, and Grad-CAM's channel weights (the spatial
-            # mean of d s_k / dA) are linear in that output gradient. So min(K, D) vector-Jacobian
-            # products, batched in one backward pass, give every concept its weights: the K output
-            # gradients themselves, or the D basis vectors combined afterwards.
-            norm = emb.norm()
-            unit = emb[0] / norm
-            out_grads = (vectors - (vectors @ unit)[:, None] * unit) / norm  # (K, D)
+            # Grad-CAM's channel weights (the spatial mean of d s_k / dA) are linear in the output
+            # gradient d s_k / de. So min(K, D) vector-Jacobian products, batched in one backward
+            # pass, give every concept its weights: the K output gradients themselves, or the D
+            # basis vectors combined afterwards. (For a cosine layer, d s_k / de = (v_k - s_k ê) / |e|.)
+            out_grads = _score_jacobian(layer, emb.detach()[0])  # (K, D)
             basis = out_grads if K <= D else torch.eye(D, device=bb.device)
             weights = self._channel_weights(self._vjps(act, emb, basis))  # (B, C)
             if K > D:
@@ -245,9 +251,21 @@ class GradCAM:
         return F.relu(torch.einsum("kc,chw->khw", weights, act))  # act: (C, h, w)
 
 
+def _score_jacobian(layer: ConceptLayer, embedding: torch.Tensor) -> torch.Tensor:
+    """d layer(e / |e|) / d e at one raw embedding (D,): (K, D), by reverse or forward mode,
+    whichever needs fewer passes."""
+    from torch.func import jacfwd, jacrev
+
+    def scores(e):
+        return layer(F.normalize(e, dim=-1)[None])[0]
+
+    jac = jacrev if layer.n_concepts <= layer.embed_dim else jacfwd
+    return jac(scores)(embedding.float()).detach()
+
+
 class Occlusion:
     """Perturbation audit for one concept: grey out a ``window`` square sliding by ``stride``
-    (input pixels) and record how much the concept's cosine score drops, all positions batched."""
+    (input pixels) and record how much the concept's score drops, all positions batched."""
 
     method = "occlusion"
 
@@ -259,12 +277,19 @@ class Occlusion:
         self.batch_size = batch_size
 
     @torch.no_grad()
-    def attribute(self, pixels: torch.Tensor, concept_vector: torch.Tensor) -> SaliencyMaps:
-        """pixels: (1, 3, H, W); concept_vector: (D,). Returns (1, 1, H, W) score drops."""
+    def attribute(self, pixels: torch.Tensor, concept: ConceptLayer | torch.Tensor) -> SaliencyMaps:
+        """pixels: (1, 3, H, W); concept: a one-concept layer (``layer.subset([k])``) or a text
+        vector (D,). Returns (1, 1, H, W) score drops."""
         bb = self.backbone
         _, _, H, W = pixels.shape
-        v = F.normalize(concept_vector.float(), dim=-1)
-        base = float(bb.encode_images(pixels).embeddings[0] @ v)
+        layer = as_layer(concept[None] if isinstance(concept, torch.Tensor) and concept.ndim == 1 else concept)
+        if layer.n_concepts != 1:
+            raise ValueError(f"Occlusion audits one concept at a time; got {layer.n_concepts}.")
+
+        def score(embeddings):
+            return layer(embeddings)[:, 0]
+
+        base = float(score(bb.encode_images(pixels).embeddings)[0])
         ys = list(range(0, max(1, H - self.window) + 1, self.stride))
         xs = list(range(0, max(1, W - self.window) + 1, self.stride))
         boxes = [(y, x) for y in ys for x in xs]
@@ -274,7 +299,7 @@ class Occlusion:
             batch = pixels.repeat(len(chunk), 1, 1, 1)
             for i, (y, x) in enumerate(chunk):
                 batch[i, :, y:y + self.window, x:x + self.window] = 0.0  # 0 = the dataset mean after normalisation
-            drops.append(base - bb.encode_images(batch).embeddings @ v)
+            drops.append(base - score(bb.encode_images(batch).embeddings))
         drops = torch.cat(drops)
         heat = torch.zeros(H, W)
         count = torch.zeros(H, W)

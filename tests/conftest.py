@@ -43,6 +43,7 @@ def tiny_rn(tiny_configs):
 
 def make_model(residual: bool = False, seed: int = 0):
     """A hand-built CBM (K=4 concepts, C=3 classes, D=6) with known weights and stats."""
+    from cbm_core.concept_layer import TextCosine
     from cbm_core.concepts import ConceptBank
     from cbm_core.model import ConceptBottleneckModel, ConceptStats
 
@@ -53,7 +54,7 @@ def make_model(residual: bool = False, seed: int = 0):
     stats = ConceptStats.from_scores(names, train @ vectors.T)
     weight = torch.tensor([[2.0, 0.0, -1.0, 3.0], [0.0, 1.5, 0.5, -2.0], [-1.0, 0.0, 2.5, 0.0]])
     return ConceptBottleneckModel(
-        backbone_spec="tiny-vit:random", concepts=ConceptBank(names), concept_vectors=vectors,
+        backbone_spec="tiny-vit:random", concepts=ConceptBank(names), concept_layer=TextCosine(vectors),
         classes=("cardinal", "jay", "gull"), stats=stats, weight=weight, bias=torch.tensor([0.1, -0.2, 0.3]),
         residual_weight=torch.randn(3, 6, generator=g) * 0.5 if residual else None,
         recipe={"name": "hand-built"}), train

@@ -3,7 +3,7 @@ import torch
 from PIL import Image
 
 from cbm_core.backbone import export_local_dir, load_backbone, parse_spec
-from cbm_core.errors import BackboneError
+from cbm_core.errors import BackboneError, ConceptError
 from conftest import TINY_VIT
 
 
@@ -33,7 +33,7 @@ def test_text_embeddings_are_cached_and_templates_averaged(tiny_vit):
     avg = tiny_vit.embed_prompts(["red wing"], ["a photo of {}.", "{}"])
     parts = tiny_vit.encode_texts(["a photo of red wing.", "red wing"]).mean(0)
     torch.testing.assert_close(avg[0], parts / parts.norm())
-    with pytest.raises(ValueError, match="placeholder"):
+    with pytest.raises(ConceptError, match="placeholder"):
         tiny_vit.embed_prompts(["x"], ["no slot"])
 
 

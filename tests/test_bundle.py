@@ -12,8 +12,11 @@ from conftest import make_model
 
 
 def assert_same(a, b):
-    for name in ("concept_vectors", "weight", "bias"):
+    for name in ("weight", "bias"):
         assert torch.equal(getattr(a, name), getattr(b, name)), name
+    assert a.concept_layer.kind == b.concept_layer.kind
+    for name, t in a.concept_layer.tensors().items():
+        assert torch.equal(t, b.concept_layer.tensors()[name]), name
     for name in ("mean", "std", "quantiles"):
         assert torch.equal(getattr(a.stats, name), getattr(b.stats, name)), name
     assert a.concepts == b.concepts and a.classes == b.classes and a.edit_log == b.edit_log

@@ -1,7 +1,9 @@
 import torch
 
 from cbm_core.concepts import ConceptBank
-from cbm_core.evaluation import confusion_matrix, cooccurrence_warnings, random_concept_baseline
+from cbm_core.baselines import random_concept_baseline
+from cbm_core.concept_layer import TextCosine
+from cbm_core.evaluation import confusion_matrix, cooccurrence_warnings
 from cbm_core.model import ConceptBottleneckModel, ConceptStats
 
 
@@ -21,7 +23,7 @@ def test_cooccurrence_flags_concepts_that_always_fire_together():
     v[1] = torch.nn.functional.normalize(v[0] + 1e-3 * torch.randn(8, generator=g), dim=0)  # a near copy of concept 0
     names = ("a", "a twin", "b")
     emb = torch.nn.functional.normalize(torch.randn(100, 8, generator=g), dim=1)
-    model = ConceptBottleneckModel("x:random", ConceptBank(names), v, ("p", "q"),
+    model = ConceptBottleneckModel("x:random", ConceptBank(names), TextCosine(v), ("p", "q"),
                                    ConceptStats.from_scores(names, emb @ v.T), torch.zeros(2, 3), torch.zeros(2))
     table = cooccurrence_warnings(model, emb, 0.95)
     assert list(table.itertuples(index=False, name=None))[0][:2] == ("a", "a twin") and len(table) == 1

@@ -85,7 +85,7 @@ def test_pcbm_estimator(residual):
 def test_pcbm_path_helper():
     bank, vectors, emb, y = _pcbm_inputs()
     est = PCBM(concepts=bank, concept_vectors=vectors, classes=["a", "b", "c"], backbone_spec="x:random")
-    points = est.path(emb, y, emb, y, n_lambdas=5)
+    points = est.path(emb, y, emb, y, n_points=5)
     assert len(points) == 5 and points[-1].nec >= points[0].nec
 
 

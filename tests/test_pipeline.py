@@ -3,6 +3,7 @@ import io
 import pytest
 import torch
 
+from cbm_core.concept_layer import TextCosine
 from cbm_core.concepts import ConceptBank
 from cbm_core.errors import BackboneError, ImageError
 from cbm_core.interventions import Intervention
@@ -16,7 +17,7 @@ def _model_for(bb):
     vectors = bank.embed(bb)
     g = torch.Generator().manual_seed(0)
     train = torch.nn.functional.normalize(torch.randn(50, bb.embed_dim, generator=g), dim=1)
-    return ConceptBottleneckModel(bb.spec, bank, vectors, ("a", "b"), ConceptStats.from_scores(bank.names, train @ vectors.T),
+    return ConceptBottleneckModel(bb.spec, bank, TextCosine(vectors), ("a", "b"), ConceptStats.from_scores(bank.names, train @ vectors.T),
                                   torch.randn(2, 3, generator=g), torch.zeros(2))
 
 

@@ -1,7 +1,8 @@
-"""Recipes: estimators that turn cached embeddings into a ``ConceptBottleneckModel``."""
+"""Recipes: estimators that turn cached embeddings into a ``ConceptBottleneckModel``, behind one
+protocol and registry (``base.py``). Importing this package registers every built-in recipe."""
+from .base import NEEDS, RECIPES, Param, Recipe, RecipeInputs, get_recipe, list_recipes, register_recipe
 from .elastic_net import PathPoint, fit_elastic_net, regularization_path
 from .pcbm import PCBM
 
-RECIPES = {"pcbm": PCBM}
-
-__all__ = ["PCBM", "RECIPES", "PathPoint", "fit_elastic_net", "regularization_path"]
+__all__ = ["NEEDS", "RECIPES", "Param", "Recipe", "RecipeInputs", "get_recipe", "list_recipes", "register_recipe",
+           "PCBM", "PathPoint", "fit_elastic_net", "regularization_path"]

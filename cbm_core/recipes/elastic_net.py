@@ -122,8 +122,10 @@ def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
 
 def regularization_path(X: torch.Tensor, y: torch.Tensor, n_classes: int, *, l1_ratio: float = 0.99,
                         n_lambdas: int = 12, lam_min_ratio: float = 1e-3, X_val: torch.Tensor | None = None,
-                        y_val: torch.Tensor | None = None, max_iter: int = 1500, tol: float = 1e-4):
-    """Fit a geometric path of lam from ``lambda_max`` down, warm-started.
+                        y_val: torch.Tensor | None = None, max_iter: int = 1500, tol: float = 1e-4,
+                        progress=None):
+    """Fit a geometric path of lam from ``lambda_max`` down, warm-started; ``progress(fraction)``
+    after each lam.
 
     Returns ``(points, results)``: a ``PathPoint`` per lam (accuracy, % non-zero weights, NEC)
     and the fitted ``ElasticNetResult`` per lam.
@@ -142,4 +144,6 @@ def regularization_path(X: torch.Tensor, y: torch.Tensor, n_classes: int, *, l1_
         points.append(PathPoint(lam, accuracy(X @ res.weight.T + res.bias, y), val_acc,
                                 float(nz.float().mean()), float(nz.sum(1).float().mean())))
         results.append(res)
+        if progress:
+            progress(len(results) / len(lams))
     return points, results
