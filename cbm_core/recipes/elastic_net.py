@@ -59,11 +59,13 @@ def lambda_max(X: torch.Tensor, y: torch.Tensor, n_classes: int, l1_ratio: float
 
 def fit_elastic_net(X: torch.Tensor, y: torch.Tensor, n_classes: int, lam: float, l1_ratio: float = 0.99,
                     *, offset: torch.Tensor | None = None, init: tuple[torch.Tensor, torch.Tensor] | None = None,
-                    max_iter: int = 3000, tol: float = 1e-5, step_size: float | None = None) -> ElasticNetResult:
+                    max_iter: int = 3000, tol: float = 1e-5, step_size: float | None = None,
+                    mask: torch.Tensor | None = None) -> ElasticNetResult:
     """Fit the head. X: (N, K) float; y: (N,) int64 in [0, C); offset: (N, C) fixed logits added.
 
     ``init`` warm-starts from ``(weight, bias)``; ``step_size`` (1/L) can be passed to reuse it
-    along a path. Converged when the relative change of the parameters falls below ``tol``.
+    along a path; ``mask`` (C, K) of 0/1 keeps the weights outside it at zero (a head restricted to
+    chosen concepts per class). Converged when the relative change of the parameters falls below ``tol``.
     """
     X = X.float()
     N, K = X.shape
@@ -75,6 +77,9 @@ def fit_elastic_net(X: torch.Tensor, y: torch.Tensor, n_classes: int, lam: float
         b = prior.log() - prior.log().mean()
     else:
         W, b = init[0].to(X.device).float().clone(), init[1].to(X.device).float().clone()
+    if mask is not None:
+        mask = mask.to(X.device, torch.float32)
+        W = W * mask
     step = step_size if step_size is not None else 1.0 / lipschitz(X)
     l1, l2 = lam * l1_ratio, lam * (1.0 - l1_ratio)
 
@@ -99,6 +104,8 @@ def fit_elastic_net(X: torch.Tensor, y: torch.Tensor, n_classes: int, lam: float
         gW, gb = smooth_grad(V, c)
         W_new = V - step * gW
         W_new = torch.sign(W_new) * (W_new.abs() - step * l1).clamp_min(0.0) / (1.0 + step * l2)
+        if mask is not None:
+            W_new = W_new * mask
         b_new = c - step * gb
         # Adaptive restart (O'Donoghue & Candès): drop momentum when it points uphill.
         if float(((V - W_new) * (W_new - W_prev)).sum() + ((c - b_new) * (b_new - b_prev)).sum()) > 0:
@@ -147,3 +154,33 @@ def regularization_path(X: torch.Tensor, y: torch.Tensor, n_classes: int, *, l1_
         if progress:
             progress(len(results) / len(lams))
     return points, results
+
+
+def truncate_to_nec(X: torch.Tensor, y: torch.Tensor, n_classes: int, weight: torch.Tensor, nec: int, *,
+                    lam: float = 1e-4, max_iter: int = 1500, tol: float = 1e-5) -> ElasticNetResult:
+    """A head with at most ``nec`` concepts per class: keep each class's ``nec`` largest |weight|
+    (of a dense head, e.g. LaBo's or Sparse-CBM's) and refit only those on X (N, K) — how heads
+    without a sparsity knob are compared at matched NEC (VLG-CBM's protocol: prune, then fine-tune)."""
+    K = weight.shape[1]
+    keep = weight.abs().topk(min(int(nec), K), dim=1).indices
+    mask = torch.zeros_like(weight, dtype=torch.float32).scatter_(1, keep, 1.0) * (weight != 0)
+    return fit_elastic_net(X, y, n_classes, lam, 1.0, init=(weight * mask, torch.zeros(n_classes)),
+                           max_iter=max_iter, tol=tol, mask=mask)
+
+
+def nec_path(X: torch.Tensor, y: torch.Tensor, n_classes: int, weight: torch.Tensor, *,
+             necs=(1, 2, 3, 5, 8, 12, 20, 32), X_val: torch.Tensor | None = None, y_val: torch.Tensor | None = None,
+             progress=None) -> list[PathPoint]:
+    """The accuracy-vs-sparsity path of a dense head by truncation (``truncate_to_nec``) at each NEC;
+    ``PathPoint.lam`` holds the NEC cap."""
+    points = []
+    caps = [n for n in necs if n < weight.shape[1]] + [weight.shape[1]]
+    for i, nec in enumerate(caps):
+        res = truncate_to_nec(X, y, n_classes, weight, nec)
+        nz = res.weight != 0
+        val_acc = accuracy(X_val.float() @ res.weight.T + res.bias, y_val) if X_val is not None else None
+        points.append(PathPoint(float(nec), accuracy(X.float() @ res.weight.T + res.bias, y), val_acc,
+                                float(nz.float().mean()), float(nz.sum(1).float().mean())))
+        if progress:
+            progress((i + 1) / len(caps))
+    return points
