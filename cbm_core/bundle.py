@@ -21,6 +21,7 @@ Tensors are saved from CPU in float32, so a bundle saved on a GPU loads anywhere
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -69,7 +70,9 @@ _CORE_TENSORS = ("weight", "bias", "stats.mean", "stats.std", "stats.quantiles")
 
 
 def _canonical(obj) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    # surrogatepass: a hostile manifest may hold lone surrogates; checksumming must not crash on
+    # them (the field checks refuse them with a reason afterwards).
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "surrogatepass")
 
 
 def _sha(data: bytes) -> str:
@@ -146,11 +149,10 @@ def bundle_exists(path: str | Path) -> bool:
 
 
 # -- reading files, bounded ---------------------------------------------------------------------
-_LIMITS = {MANIFEST: MAX_MANIFEST_BYTES, TENSORS: MAX_TENSOR_BYTES}
-
-
 def _read_regular(path: Path, limit: int, label: str) -> bytes:
     """Read a regular file (never a symlink, device or folder), at most ``limit`` bytes."""
+    if path.is_dir() and not path.is_symlink():
+        raise BundleError(f"{label} is a folder; a bundle holds {MANIFEST} and {TENSORS} as plain files.")
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
     except OSError as exc:
@@ -166,7 +168,7 @@ def _read_regular(path: Path, limit: int, label: str) -> bytes:
             raise BundleError(f"{label} is {info.st_size / 2**20:.0f} MB; the limit is {limit / 2**20:.0f} MB.")
         chunks, total = [], 0
         while True:
-            chunk = os.read(fd, 1 << 20)
+            chunk = os.read(fd, min(1 << 20, limit + 1 - total))
             if not chunk:
                 break
             total += len(chunk)
@@ -178,55 +180,31 @@ def _read_regular(path: Path, limit: int, label: str) -> bytes:
         os.close(fd)
 
 
-def _read_files(path: Path) -> dict[str, bytes]:
+@contextlib.contextmanager
+def _opened(path: Path):
+    """A reader ``read(name, limit) -> bytes`` over a bundle folder or zip, after its file list is checked."""
     try:
         info = path.lstat()
     except OSError:
         raise BundleError(f"No bundle at '{path}'.") from None
-    if stat.S_ISLNK(info.st_mode):
+    if stat.S_ISLNK(info.st_mode):  # the bundle itself may be a link; its files may not
         path = path.resolve()
         info = path.stat() if path.exists() else info
     if stat.S_ISDIR(info.st_mode):
-        return _read_folder(path)
+        names = [e.name for e in os.scandir(path) if not e.name.startswith(".")]
+        _check_names(names, path)
+        yield lambda name, limit: _read_regular(path / name, limit, f"'{name}' in bundle '{path.name}'")
+        return
     if not stat.S_ISREG(info.st_mode):
         raise BundleError(f"'{path}' is neither a bundle folder nor a zip file.")
     if info.st_size > MAX_MANIFEST_BYTES + MAX_TENSOR_BYTES:
         raise BundleError(f"'{path.name}' is {info.st_size / 2**30:.1f} GB, larger than any bundle can be.")
     if not zipfile.is_zipfile(path):
         raise BundleError(f"'{path.name}' is neither a bundle folder nor a zip file.")
-    return _read_zip(path)
-
-
-def _read_folder(path: Path) -> dict[str, bytes]:
-    names = [e.name for e in os.scandir(path) if not e.name.startswith(".")]
-    _check_names(names, path)
-    return {name: _read_regular(path / name, _LIMITS[name], f"'{name}' in bundle '{path.name}'")
-            for name in (MANIFEST, TENSORS)}
-
-
-def _read_zip(path: Path) -> dict[str, bytes]:
     try:
         with zipfile.ZipFile(path) as zf:
-            infos = [i for i in zf.infolist() if not i.is_dir()]
-            parents = {Path(i.filename).parent for i in infos}
-            # Accept the "folder/…" layout of a zipped folder, nothing deeper, nothing absolute.
-            if any(Path(i.filename).is_absolute() or ".." in Path(i.filename).parts for i in infos) or (
-                    parents - {Path(".")} and (len(parents) != 1 or len(next(iter(parents)).parts) != 1)):
-                raise BundleError(f"'{path.name}' has nested folders; a bundle zip holds {MANIFEST} and {TENSORS}.")
-            names = [Path(i.filename).name for i in infos]
-            visible = [n for n in names if not n.startswith(".")]
-            if len(set(visible)) != len(visible):
-                raise BundleError(f"'{path.name}' holds the same file twice; it was not made by cbm_core.")
-            _check_names(visible, path)
-            files = {}
-            for info in infos:
-                name = Path(info.filename).name
-                if name not in _LIMITS:
-                    continue
-                if info.flag_bits & 0x1:
-                    raise BundleError(f"'{name}' in '{path.name}' is encrypted; cbm_core bundles never are.")
-                files[name] = _read_member(zf, info, _LIMITS[name], f"'{name}' in '{path.name}'")
-            return files
+            members = _zip_members(zf, path)
+            yield lambda name, limit: _read_member(zf, members[name], limit, f"'{name}' in '{path.name}'")
     except BundleError:
         raise
     except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError, OSError, NotImplementedError,
@@ -234,17 +212,40 @@ def _read_zip(path: Path) -> dict[str, bytes]:
         raise BundleError(f"'{path.name}' is a damaged zip file ({type(exc).__name__}: {str(exc)[:200]}).") from exc
 
 
+def _zip_members(zf: zipfile.ZipFile, path: Path) -> dict[str, zipfile.ZipInfo]:
+    infos = [i for i in zf.infolist() if not i.is_dir()]
+    parents = {Path(i.filename).parent for i in infos}
+    # Accept the "folder/…" layout of a zipped folder, nothing deeper, nothing absolute.
+    if any(Path(i.filename).is_absolute() or ".." in Path(i.filename).parts for i in infos) or (
+            parents - {Path(".")} and (len(parents) != 1 or len(next(iter(parents)).parts) != 1)):
+        raise BundleError(f"'{path.name}' has nested folders; a bundle zip holds {MANIFEST} and {TENSORS}.")
+    visible = [i for i in infos if not Path(i.filename).name.startswith(".")]
+    names = [Path(i.filename).name for i in visible]
+    if len(set(names)) != len(names):
+        raise BundleError(f"'{path.name}' holds the same file twice; it was not made by cbm_core.")
+    _check_names(names, path)
+    members = {Path(i.filename).name: i for i in visible}
+    for name, info in members.items():
+        if info.flag_bits & 0x1:
+            raise BundleError(f"'{name}' in '{path.name}' is encrypted; cbm_core bundles never are.")
+    return members
+
+
 def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int, label: str) -> bytes:
     """Decompress a zip member, counting the bytes that actually come out (the header's size may lie)."""
+    if info.file_size > limit:
+        raise BundleError(f"{label} unpacks to {info.file_size / 2**20:.1f} MB, more than its manifest allows "
+                          f"({limit / 2**20:.1f} MB); refusing to open it.")
     chunks, total = [], 0
     with zf.open(info) as member:
         while True:
-            chunk = member.read(1 << 20)
+            chunk = member.read(min(1 << 20, limit + 1 - total))
             if not chunk:
                 break
             total += len(chunk)
             if total > limit:
-                raise BundleError(f"{label} unpacks to more than {limit / 2**20:.0f} MB; refusing to open it.")
+                raise BundleError(f"{label} unpacks to more than {limit / 2**20:.1f} MB, more than its manifest "
+                                  f"allows; refusing to open it.")
             chunks.append(chunk)
     return b"".join(chunks)
 
@@ -490,17 +491,29 @@ def _load_tensors(data: bytes, manifest: dict, label: str) -> dict[str, torch.Te
     return out
 
 
-def _validated(files: dict[str, bytes], label: str) -> tuple[dict, bytes]:
-    """The manifest (checked, without its integrity section) and the tensor bytes (checksum checked)."""
-    manifest, integrity = _validate_manifest(_parse_json(files[MANIFEST], label), label)
-    if integrity["tensors_sha256"] != _sha(files[TENSORS]):
+def _tensor_bytes_limit(manifest: dict, label: str) -> int:
+    """What the tensor file may hold, from the manifest's declared shapes (float64 at most) plus a
+    header: a zip member that inflates beyond it is refused before it can fill memory."""
+    total = sum(8 * math.prod(meta["shape"]) for meta in manifest["tensors"].values())
+    if total > MAX_TENSOR_BYTES:
+        raise BundleError(f"Bundle {label} declares {total / 2**30:.1f} GB of tensors; the limit is "
+                          f"{MAX_TENSOR_BYTES / 2**30:.0f} GB.")
+    return total + 8 + MAX_SAFETENSORS_HEADER
+
+
+def _read_validated(read, label: str) -> tuple[dict, bytes]:
+    """The manifest (checked, without its integrity section) and the tensor bytes (checksum checked).
+    The manifest is read and checked first, so the tensors are read with a bound it implies."""
+    manifest, integrity = _validate_manifest(_parse_json(read(MANIFEST, MAX_MANIFEST_BYTES), label), label)
+    tensor_data = read(TENSORS, _tensor_bytes_limit(manifest, label))
+    if integrity["tensors_sha256"] != _sha(tensor_data):
         raise BundleError(f"The tensors of {label} do not match its manifest (checksum mismatch): the file is "
                           f"damaged or was replaced.")
-    return manifest, files[TENSORS]
+    return manifest, tensor_data
 
 
 def _model_from_files(files: dict[str, bytes], label: str) -> ConceptBottleneckModel:
-    return _model_from_manifest(*_validated(files, label), label)
+    return _model_from_manifest(*_read_validated(lambda name, limit: files[name], label), label)
 
 
 def _model_from_manifest(manifest: dict, tensor_data: bytes, label: str) -> ConceptBottleneckModel:
@@ -547,7 +560,8 @@ def _model_from_manifest(manifest: dict, tensor_data: bytes, label: str) -> Conc
 
 
 def _parse(path: Path) -> tuple[dict, bytes]:
-    return _validated(_read_files(path), f"'{path.name}'")
+    with _opened(path) as read:
+        return _read_validated(read, f"'{path.name}'")
 
 
 def read_manifest(path: str | Path) -> dict:
