@@ -49,6 +49,17 @@ def draw() -> None:
                 common.open_bundle(str(target))
         if st.session_state.get("bundle_error"):
             st.error(st.session_state["bundle_error"])
+        pending = st.session_state.get("pending_trust")
+        if pending:
+            with st.container(border=True):
+                st.warning(f"**{Path(pending['path']).name}** wants to load its backbone `{pending['spec']}`: "
+                           f"{pending['reason']}. A bundle's author chose this, not you. Load it only if you trust "
+                           f"where the bundle came from.")
+                go, cancel = st.columns(2)
+                go.button("Load it", key="trust_backbone", type="primary", width="stretch",
+                          on_click=common.open_bundle, args=(pending["path"], True))
+                cancel.button("Cancel", key="trust_cancel", width="stretch",
+                              on_click=lambda: st.session_state.pop("pending_trust", None))
         model = st.session_state.get("model")
         if model is not None:
             edits = len(model.edit_log)
