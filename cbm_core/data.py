@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from .backbone import Backbone
 from .errors import DatasetError, ImageError
-from .images import FORMATS_TEXT, IMAGE_SUFFIXES, decode_image
+from .images import BIDI_CONTROLS, FORMATS_TEXT, IMAGE_SUFFIXES, decode_image, printable
 
 ProgressFn = Callable[[int, int], None]
 
@@ -62,7 +62,7 @@ class ImageDataset:
         if not classes:
             raise DatasetError(f"'{root}' has no class sub-folders. Arrange images as {root}/<class>/<image>.")
         for name in classes:
-            _check_label(name, f"Class folder '{root / name}'")
+            _check_label(name, f"Class folder '{printable(str(root / name))}'")
         records, empty = [], []
         for label, cls_name in enumerate(classes):
             found = [ImageRecord(str(p), label) for p in sorted((root / cls_name).rglob("*"))
@@ -155,8 +155,6 @@ class ImageDataset:
 
 
 MAX_MANIFEST_BYTES = 1024 * 1024 * 1024  # ~10 million rows: far beyond what the tool trains on in memory
-# Invisible characters that reorder text on screen ("Trojan Source"): a label must read as it is.
-_BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 
 def _check_label(text: str, where: str, what: str = "label") -> None:
@@ -165,7 +163,7 @@ def _check_label(text: str, where: str, what: str = "label") -> None:
     if not text.strip():
         raise DatasetError(f"{where}: the {what} is empty.")
     for ch in text:
-        if unicodedata.category(ch) in ("Cc", "Cs") or ch in _BIDI_CONTROLS:
+        if unicodedata.category(ch) in ("Cc", "Cs") or ch in BIDI_CONTROLS:
             raise DatasetError(f"{where}: the {what} contains the invisible control character U+{ord(ch):04X}. "
                                f"Remove it.")
 

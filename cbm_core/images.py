@@ -63,6 +63,8 @@ _SIGNATURES = (  # how a damaged file of one of our formats still announces itse
 )
 
 ImageSource = Union[bytes, bytearray, str, Path]
+# Invisible characters that reorder text on screen ("Trojan Source"); never echoed as they are.
+BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 
 @dataclass(frozen=True)
@@ -87,29 +89,38 @@ def read_image_bytes(source: ImageSource) -> tuple[bytes, str]:
     if isinstance(source, (bytes, bytearray)):
         return bytes(source), "<uploaded image>"
     path = Path(source)
+    shown = printable(str(path))
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
     except IsADirectoryError:
-        raise ImageError(f"'{path}' is a folder, not an image file. Name the image files inside it.") from None
-    except OSError as exc:
-        raise ImageError(f"Cannot read image '{path}': {exc.strerror or exc}.") from exc
+        raise ImageError(f"'{shown}' is a folder, not an image file. Name the image files inside it.") from None
+    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the path
+        raise ImageError(f"Cannot read image '{shown}': {getattr(exc, 'strerror', None) or exc}.") from None
     try:
         info = os.fstat(fd)
         if stat.S_ISDIR(info.st_mode):
-            raise ImageError(f"'{path}' is a folder, not an image file. Name the image files inside it.")
+            raise ImageError(f"'{shown}' is a folder, not an image file. Name the image files inside it.")
         if not stat.S_ISREG(info.st_mode):
-            raise ImageError(f"'{path}' is not a regular file (a device, pipe or socket); give an image file.")
+            raise ImageError(f"'{shown}' is not a regular file (a device, pipe or socket); give an image file.")
         if info.st_size > MAX_FILE_BYTES:
-            raise ImageError(_too_big(path.name, info.st_size))
+            raise ImageError(_too_big(printable(path.name), info.st_size))
         with os.fdopen(os.dup(fd), "rb") as f:
             data = f.read(MAX_FILE_BYTES + 1)  # bounded even if the file grows after fstat
     except OSError as exc:
-        raise ImageError(f"Cannot read image '{path}': {exc.strerror or exc}.") from exc
+        raise ImageError(f"Cannot read image '{shown}': {exc.strerror or exc}.") from exc
     finally:
         os.close(fd)
     if len(data) > MAX_FILE_BYTES:
-        raise ImageError(_too_big(path.name, len(data)))
-    return data, path.name
+        raise ImageError(_too_big(printable(path.name), len(data)))
+    return data, printable(path.name)
+
+
+def printable(name: str) -> str:
+    """``name`` safe to echo to a terminal or a page: control, bidi-override and undecodable
+    (surrogate-escaped) characters become backslash escapes. A file name comes from whoever made
+    the file; printed raw it could recolour a terminal, reorder a message, or fail to encode."""
+    return "".join(ch if ch.isprintable() and ch not in BIDI_CONTROLS
+                   else ch.encode("unicode_escape").decode("ascii") for ch in str(name))
 
 
 def image_digest(data: bytes) -> str:
@@ -131,7 +142,7 @@ def load_image(source: ImageSource, name: str | None = None) -> DecodedImage:
 
     Raises ``ImageError`` as ``decode_image`` does."""
     data, default_name = read_image_bytes(source)
-    name = name or default_name
+    name = printable(name) if name else default_name  # an upload's name is a stranger's text too
     if not data:
         raise ImageError(f"Image '{name}' is empty (0 bytes).")
     if len(data) > MAX_FILE_BYTES:

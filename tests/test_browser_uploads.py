@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from hostile import corpus
+from hostile import Specimen, corpus
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
@@ -53,6 +53,8 @@ def test_odd_uploads_are_drawn_or_refused_in_words_never_an_exception(app_url):
 
     specimens = {s.name: s for s in corpus()}
     sample = [specimens[name] for name in SAMPLE]
+    markdown_name = "**bold** $x$ :red[red] [a](b).png"  # a stranger's file name, to be shown as written
+    sample.append(Specimen(markdown_name, b"plain text", refusal="not an image"))
     SHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--headless", "--no-sandbox"])
@@ -74,6 +76,7 @@ def test_odd_uploads_are_drawn_or_refused_in_words_never_an_exception(app_url):
         shown = alerts.all_inner_texts()
         assert any("is an ICO file" in t for t in shown) and any("aspect ratio of 300,000:1" in t for t in shown)
         assert not any("again" in t for t in shown)
+        assert any(f"'{markdown_name}' is not an image" in t for t in shown), shown
         # Each accepted sample drawn in the gallery; the thin 1 x 20 strip stays a strip, not a page.
         assert page.locator("[data-testid=stMain] [data-testid=stImage] img").count() >= sum(s.accepted for s in sample)
         heights = page.locator("[data-testid=stMain] [data-testid=stImage] img").evaluate_all(

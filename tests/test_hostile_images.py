@@ -201,3 +201,19 @@ def test_fuzzed_image_headers_raise_only_cbm_errors_within_bounded_memory():
 def test_a_cbm_error_is_what_callers_catch():
     with pytest.raises(CBMError):
         decode_image(b"\x00" * 10, "zeros.bin")
+
+
+def test_names_are_echoed_without_control_characters(tmp_path):
+    # A name is a stranger's text: an ANSI escape would recolour a terminal, U+202E reorder a message,
+    # an undecodable byte fail to print; each is shown as a visible escape instead.
+    with pytest.raises(ImageError) as info:
+        decode_image(b"not an image", "\x1b[31mred\u202egnp.png")
+    assert "\\x1b[31mred\\u202egnp.png" in str(info.value) and "\x1b" not in str(info.value)
+    odd = tmp_path / os.fsdecode(b"caf\xe9.png")  # a name that is not UTF-8
+    odd.write_bytes(b"")
+    with pytest.raises(ImageError) as info:
+        decode_image(odd)
+    assert "caf\\udce9.png" in str(info.value)
+    str(info.value).encode("utf-8")  # printable to any UTF-8 terminal
+    with pytest.raises(ImageError, match="Cannot read image"):
+        decode_image("a\x00b.png")

@@ -7,7 +7,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from hostile import corpus
-from ui.images import overlay_size
+from ui.images import overlay_size, plain
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = corpus()
@@ -63,3 +63,13 @@ def test_intervene_draws_thin_deep_and_animated_images():
 def test_overlay_sizes_never_have_a_zero_side_and_stay_bounded(size):
     w, h = overlay_size(size)
     assert 1 <= w <= 320 and 1 <= h <= 320
+
+
+def test_a_file_name_is_shown_as_written_not_as_markdown():
+    name = "**bold** [link](x) $x$ :red[red] `code`.png"
+    at = page("inspect").run()
+    at.file_uploader(key="inspect_uploads").upload(name, b"not an image", "image/png").run()
+    assert not at.exception, at.exception
+    shown = [e.value for e in at.error if "not an image" in e.value]
+    assert shown == [plain(f"'{name}' is not an image this tool can read; it reads PNG, JPEG, WebP, BMP, TIFF or GIF images.")]
+    assert "\\*\\*bold\\*\\*" in shown[0] and "&#58;red\\[red\\]" in shown[0]

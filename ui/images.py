@@ -6,6 +6,7 @@ first frame). And never at a size that lets a 1 x 20 strip stretch the page to t
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import streamlit as st
@@ -51,3 +52,13 @@ def overlay_size(size: tuple[int, int], max_side: int = 320, max_zoom: float = 3
     width, height = size
     scale = min(max_zoom, max_side / max(width, height))
     return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def plain(message: str) -> str:
+    """``message`` for ``st.error`` / ``st.caption``, which render Markdown: a refusal quotes a file
+    name, and a name is a stranger's text, so '**x**.png' or '$x$.png' must read as written, not as
+    bold or a formula. The punctuation that acts mid-line is backslash-escaped and ':' written as an
+    entity (which stops ':red[...]' colours and ':material/...:' icons); messages are one line, so
+    '#', '-' or '1.' cannot start a heading or a list. Bare URLs are still made links by the
+    browser's Markdown (GFM autolinks); they are shown as written."""
+    return re.sub(r"([\\`*_\[\]<>~$])", r"\\\1", message).replace(":", "&#58;")
