@@ -112,6 +112,7 @@ class RecipeInputs:
     candidate_pool: dict[str, tuple[str, ...]] | None = None
     vocabulary: tuple[str, ...] | None = None
     device: str | None = None
+    embed_dim: int | None = None
 
     def require(self, recipe: "type[Recipe]") -> None:
         """Raise a ``RecipeError`` naming every input ``recipe`` needs that is missing here."""
@@ -125,6 +126,12 @@ class RecipeInputs:
         if missing:
             what = "; ".join(NEEDS.get(n, "a text encoder (the backbone)") for n in missing)
             raise RecipeError(f"Recipe '{recipe.name}' needs {what}.")
+
+    def dimension(self) -> int:
+        """The embedding size D (from ``embed_dim``, else from the text encoder)."""
+        if self.embed_dim is not None:
+            return int(self.embed_dim)
+        return int(self.embed(["x"]).shape[1])
 
     def embed(self, names: Sequence[str], templates: Sequence[str] | None = None) -> torch.Tensor:
         if self.text is None:
@@ -142,6 +149,7 @@ class Recipe:
     paper: ClassVar[str] = ""
     needs: ClassVar[tuple[str, ...]] = ("labels",)
     uses_text: ClassVar[bool] = True
+    baseline: ClassVar[bool] = False  # a reference point (linear probe, random concepts), not a CBM recipe
     params: ClassVar[tuple[Param, ...]] = ()
 
     @classmethod
