@@ -18,50 +18,12 @@ from safetensors.torch import save_file
 
 from ..backbone import load_backbone
 from ..concepts import ConceptBank
-from ..data import extract_features
 from ..edits import prune_concepts
 from ..evaluation import evaluate
 from ..recipes.pcbm import PCBM
 from .paths import DEMO_BUNDLE, DEMO_FEATURES, SAMPLES_DIR
-from .train_clip import CONCEPT_TEMPLATE, IMAGE_SIZE
+from .splits import CONCEPT_TEMPLATE, IMAGE_SIZE, SPLIT_SIZES, ToyBirds, encode_split  # noqa: F401 (re-exported)
 from .world import BACKGROUND_CONCEPTS, CONCEPTS, SPECIES, SPECIES_NAMES, render, sample_bird
-
-SPLIT_SIZES = {"train": 4000, "val": 1600, "test": 1600}
-
-
-class ToyBirds(torch.utils.data.Dataset):
-    """A split of the world as a torch Dataset of ``(PIL image, species index)``."""
-
-    def __init__(self, split: str, n: int, seed: int = 0, size: int = IMAGE_SIZE):
-        self.split, self.n, self.seed, self.size = split, n, seed, size
-
-    def __len__(self):
-        return self.n
-
-    def bird(self, i):
-        return sample_bird(self.seed, i, self.split)
-
-    def __getitem__(self, i):
-        bird = self.bird(i)
-        return render(bird, self.size)[0], bird.species
-
-    @property
-    def fingerprint(self) -> str:
-        return f"toybirds-v1-{self.seed}-{self.split}-{self.n}-{self.size}"
-
-    def groups(self) -> tuple[str, ...]:
-        return tuple(self.bird(i).group for i in range(self.n))
-
-    def concept_labels(self) -> torch.Tensor:
-        return torch.tensor([[self.bird(i).concept_labels()[c] for c in CONCEPTS] for i in range(self.n)])
-
-
-def encode_split(backbone, split: str, n: int, seed: int = 0):
-    ds = ToyBirds(split, n, seed)
-    feats = extract_features(backbone, ds, fingerprint=ds.fingerprint, progress_bar=True)
-    assert not feats.skipped, feats.skipped
-    return feats.embeddings, feats.labels, ds.groups(), ds.concept_labels()
-
 
 def demo_concepts() -> ConceptBank:
     return ConceptBank(tuple(CONCEPTS), ("toybirds",) * len(CONCEPTS))

@@ -30,3 +30,8 @@ def load_demo_features(split: str = "val"):
     return FeatureSet(t[f"{split}.embeddings"], t[f"{split}.labels"], torch.arange(n),
                       groups=tuple(group_names[i] for i in t[f"{split}.groups"].tolist()),
                       concept_labels=t[f"{split}.concept_labels"].float())
+
+# Inputs of the recipes that need more than a concept list (LaBo's candidate sentences per
+# class; DN-CBM's vocabulary for naming what its autoencoder finds), written for Toy Birds.
+TOYBIRDS_POOL = ASSETS_DIR / "toybirds_pool.tsv"
+TOYBIRDS_VOCABULARY = ASSETS_DIR / "toybirds_vocabulary.txt"

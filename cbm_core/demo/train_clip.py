@@ -22,16 +22,15 @@ from multiprocessing import Pool
 import numpy as np
 import torch
 
+from .splits import CONCEPT_TEMPLATE, IMAGE_SIZE
 from .world import ATTRIBUTES, CONCEPTS, SPECIES_NAMES, generate, sample_bird
 
 MODEL_NAME = "toybirds-rn"
-IMAGE_SIZE = 96
 MODEL_CFG = {
     "embed_dim": 64,
     "vision_cfg": {"image_size": IMAGE_SIZE, "layers": [1, 1, 1, 1], "width": 16, "head_width": 16},
     "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 4, "layers": 2},
 }
-CONCEPT_TEMPLATE = "a bird with {}."
 SPECIES_TEMPLATE = "a photo of a {}."
 
 # How each attribute value is said in a caption; concept names are used verbatim.
