@@ -31,10 +31,11 @@ def _dataset(path: str, split: str | None, allow_outside: bool = False):
 
 def _features(backbone, dataset, quiet: bool):
     from .data import extract_features
+    from .images import printable
 
     feats = extract_features(backbone, dataset, progress_bar=not quiet)
     for path, reason in feats.skipped:
-        print(f"skipped {path}: {reason}", file=sys.stderr)
+        print(f"skipped {printable(path)}: {reason}", file=sys.stderr)  # file names are a stranger's text
     return feats
 
 
@@ -151,7 +152,7 @@ def _read_intervention(path: str):
 
 def cmd_predict(args) -> None:
     from .errors import ImageError
-    from .images import load_image, read_image_bytes
+    from .images import load_image, printable, read_image_bytes
 
     intervention = _read_intervention(args.intervention) if args.intervention else None  # before the slow load
     pipe = _load_pipeline(args)
@@ -187,7 +188,7 @@ def cmd_predict(args) -> None:
                 print(f"note: {note}", file=sys.stderr)
             probs = ", ".join(f"{c['class']} {c['probability']:.1%}" for c in r["top_classes"])
             why = ", ".join(f"{c['concept']} ({c['contribution']:+.2f})" for c in r["top_concepts"])
-            print(f"{r['image']}: {r['prediction']}  [{probs}]\n    because: {why}")
+            print(f"{printable(r['image'])}: {r['prediction']}  [{probs}]\n    because: {why}")
     if failed:
         raise SystemExit(1)
 
@@ -227,6 +228,58 @@ def cmd_edit(args) -> None:
         print(compare(model, result.model, feats.embeddings, feats.labels, feats.groups).to_string(index=False))
     out = result.model.save(args.out, overwrite=args.overwrite)
     print(f"saved edited bundle to {out} ({result.entry['op']}: {', '.join(result.entry['concepts'])})")
+
+
+def cmd_compare(args) -> None:
+    from .backbone import load_backbone
+    from .compare import DEFAULT_BASELINES, compare_recipes, stratified_split
+    from .concepts import ConceptBank, check_templates, load_candidate_pool, load_vocabulary
+    from .data import extract_features
+    from .recipes import RecipeInputs, get_recipe
+
+    recipes = {get_recipe(name).name: {} for name in (args.recipe or ["pcbm"])}
+    for item in args.set or []:
+        key, sep, value = item.partition("=")
+        name, dot, option = key.partition(".")
+        if not sep or not dot or name not in recipes:
+            raise CBMError(f"--set {item!r}: write RECIPE.OPTION=VALUE for a recipe given with --recipe "
+                           f"(e.g. lf-cbm.lam=7e-4).")
+        recipes[name][option] = get_recipe(name).param(option).check(value, name)
+    needs = {n for name in recipes for n in get_recipe(name).needs}
+    templates = check_templates(args.template or ["{}"])
+    data = _dataset(args.data, None, args.allow_outside_paths)
+    bank = ConceptBank.from_file(args.concepts) if args.concepts else None
+    pool = load_candidate_pool(args.pool, data.classes) if args.pool else None
+    vocabulary = load_vocabulary(args.vocabulary) if args.vocabulary else None
+    for flag, need, given in (("--concepts", "concepts", bank), ("--pool", "candidate_pool", pool),
+                              ("--vocabulary", "vocabulary", vocabulary)):
+        if need in needs and given is None:
+            raise CBMError(f"A recipe you compare needs {flag}.")
+    backbone = load_backbone(args.backbone, device=args.device, precision=args.precision)
+    bars = _StageBars(args.quiet)
+    try:
+        if args.train_split:
+            splits = [_dataset(args.data, s, args.allow_outside_paths) for s in (args.train_split, args.val_split, args.test_split)]
+            train, val, test = [extract_features(backbone, d, progress=lambda n, t, s=s: bars(f"encoding {s} images", n / t))
+                                 for d, s in zip(splits, ("training", "validation", "test"))]
+        else:
+            feats = extract_features(backbone, data, progress=lambda n, t: bars("encoding images", n / t))
+            train, val, test = stratified_split(feats, seed=args.seed)
+        inputs = RecipeInputs(classes=tuple(data.classes), backbone_spec=backbone.spec, text=backbone.embed_prompts,
+                              templates=templates, concepts=bank, candidate_pool=pool, vocabulary=vocabulary,
+                              embed_dim=backbone.embed_dim)
+        result = compare_recipes(train, val, test, inputs, recipes, nec=args.nec,
+                                 baselines=() if args.no_baselines else DEFAULT_BASELINES, progress=bars)
+    finally:
+        bars.close()
+    if args.json:
+        Path(args.json).write_text(json.dumps(result.to_dict(), indent=2))
+    frame = result.to_frame()
+    errors = frame.pop("error")
+    print(frame.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    for name, error in zip(frame["recipe"], errors):
+        if isinstance(error, str):
+            print(f"{name} failed: {error}", file=sys.stderr)
 
 
 def cmd_info(args) -> None:
@@ -342,6 +395,27 @@ def build_parser(recipe_name: str = "pcbm") -> argparse.ArgumentParser:
     d.add_argument("--overwrite", action="store_true")
     common(d)
     d.set_defaults(func=cmd_edit)
+
+    c = sub.add_parser("compare", help="several recipes and the baselines on one feature cache, at matched sparsity")
+    c.add_argument("--backbone", required=True, help="e.g. ViT-B-32:openai, local-dir:/path, demo")
+    c.add_argument("--data", required=True, help="a folder of class sub-folders, or a CSV manifest")
+    c.add_argument("--train-split", default=None, help="with a CSV: the 'split' values for training, validation "
+                                                       "and test (give all three); default: 60/20/20 of each class")
+    c.add_argument("--val-split", default="val")
+    c.add_argument("--test-split", default="test")
+    c.add_argument("--allow-outside-paths", action="store_true", help="with a CSV: accept paths outside its folder")
+    c.add_argument("--recipe", action="append", help="a recipe to compare, repeatable (default: pcbm)")
+    c.add_argument("--set", action="append", metavar="RECIPE.OPTION=VALUE", help="a recipe option, repeatable")
+    c.add_argument("--concepts", default=None, help="concept list, for recipes that need one")
+    c.add_argument("--pool", default=None, help="candidate sentences per class ('class<TAB>sentence'), for LaBo")
+    c.add_argument("--vocabulary", default=None, help="words to name learned concepts with, for DN-CBM")
+    c.add_argument("--template", action="append", help="prompt template with one {}, repeatable")
+    c.add_argument("--nec", type=float, default=5.0, help="the sparsity to match: effective concepts per class")
+    c.add_argument("--no-baselines", action="store_true", help="skip linear probe, random concepts and zero-shot")
+    c.add_argument("--seed", type=int, default=0, help="seed of the 60/20/20 split")
+    c.add_argument("--json", default=None, help="also write the full comparison (paths included) to this file")
+    common(c, bundle=False)
+    c.set_defaults(func=cmd_compare)
 
     i = sub.add_parser("info", help="summary of a bundle")
     i.add_argument("--bundle", required=True)

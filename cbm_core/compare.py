@@ -77,6 +77,29 @@ class Comparison:
                     "path": [p.__dict__ for p in r.path]} for r in self.rows]}
 
 
+def stratified_split(feats: FeatureSet, fractions: Sequence[float] = (0.6, 0.2, 0.2),
+                     seed: int = 0) -> tuple[FeatureSet, ...]:
+    """Split encoded data into parts of every class in the given proportions (train, val, test),
+    each class contributing at least one image to every part; ``RecipeError`` if a class is too small."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    parts = [[] for _ in fractions]
+    for c in feats.labels.unique().tolist():
+        rows = (feats.labels == c).nonzero().flatten()
+        if len(rows) < len(fractions):
+            raise RecipeError(f"Class {c} has {len(rows)} images; splitting into {len(fractions)} parts needs "
+                              f"at least {len(fractions)}. Give separate splits instead.")
+        rows = rows[torch.randperm(len(rows), generator=g)]
+        sizes = [max(1, round(f * len(rows))) for f in fractions[1:]]
+        sizes = [len(rows) - sum(sizes)] + sizes
+        start = 0
+        for part, size in zip(parts, sizes):
+            part.append(rows[start:start + size])
+            start += size
+    return tuple(feats.subset(torch.cat(p).sort().values) for p in parts)
+
+
 def with_head_at_nec(model: ConceptBottleneckModel, train: FeatureSet, nec: int) -> ConceptBottleneckModel:
     """``model`` with its head truncated to ``nec`` concepts per class and refitted on ``train``
     (the concept layer and statistics unchanged). The model's own training statistics are used."""

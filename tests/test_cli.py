@@ -100,6 +100,21 @@ def test_build_refuses_bad_options_before_any_work(world):
     assert not (world / "n").exists()
 
 
+def test_compare_runs_recipes_and_baselines_on_one_cache(world):
+    out = run("compare", "--backbone", f"local-dir:{world / 'model'}", "--data", str(world / "data"),
+              "--concepts", str(world / "concepts.txt"), "--recipe", "pcbm", "--set", "pcbm.lam=2e-3",
+              "--nec", "2", "--json", str(world / "cmp.json"), "--device", "cpu", "--quiet")
+    for name in ("pcbm", "linear-probe", "random-concepts", "zero-shot"):
+        assert name in out.stdout
+    saved = json.loads((world / "cmp.json").read_text())
+    rows = {r["recipe"]: r for r in saved["rows"]}
+    assert rows["pcbm"]["params"]["lam"] == 2e-3 and rows["pcbm"]["at_nec"]["nec"] <= 2
+    assert saved["n_train"] + saved["n_val"] + saved["n_test"] == 30
+    bad = run("compare", "--backbone", f"local-dir:{world / 'model'}", "--data", str(world / "data"),
+              "--recipe", "pcbm", "--set", "pcbm.lam=-3", "--quiet", check=False)
+    assert bad.returncode == 2 and "lam" in bad.stderr and "Traceback" not in bad.stderr
+
+
 def test_build_help_is_generated_from_the_recipe():
     text = run("build", "--recipe", "pcbm", "--help").stdout
     assert "--lam" in text and "--residual" in text and "elastic-net strength" in text
@@ -157,7 +172,10 @@ def test_predict_reports_every_failed_image_with_its_reason(world, small_bundle)
     assert "note: 'moving.gif' has several frames" in text.stderr and "is a folder" in text.stderr
 
 
-def test_a_bad_intervention_file_is_one_clear_error(world, small_bundle):
+def test_a_bad_intervention_file_is_one_clear_error(world, small_bundle, capsys):
+    # In-process through cli.main (the same code path, without a 5 s interpreter start per case).
+    from cbm_core.cli import main
+
     (world / "iv").mkdir(exist_ok=True)
     (world / "iv" / "text.json").write_text("switch off the water")
     (world / "iv" / "latin1.json").write_bytes(b'{"format": "cbm-intervention", "x": "\xe9"}')
@@ -167,10 +185,11 @@ def test_a_bad_intervention_file_is_one_clear_error(world, small_bundle):
     for name, message in (("missing.json", "does not exist"), ("", "is a folder"), ("text.json", "not valid JSON"),
                           ("latin1.json", "not UTF-8"), ("unknown.json", "does not fit this model.*purple wing")):
         path = str(world / "iv" / name) if name else str(world / "iv")
-        proc = run("predict", "--bundle", str(small_bundle), image, "--intervention", path, "--device", "cpu",
-                   "--trust-backbone", check=False)
-        assert proc.returncode == 2 and re.search(message, proc.stderr), (name, proc.stderr)
-        assert "Traceback" not in proc.stderr and path.rstrip("/") in proc.stderr and not proc.stdout
+        code = main(["predict", "--bundle", str(small_bundle), image, "--intervention", path, "--device", "cpu",
+                     "--trust-backbone"])
+        out, err = capsys.readouterr()
+        assert code == 2 and re.search(message, err), (name, err)
+        assert err.count("\n") == 1 and path in err and not out
 
 
 def test_edit_matches_concepts_in_any_case_and_info_shows_the_edited_models_metrics(world, small_bundle):

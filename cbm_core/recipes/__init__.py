@@ -3,6 +3,7 @@ protocol and registry (``base.py``). Importing this package registers every buil
 from .base import NEEDS, RECIPES, Param, Recipe, RecipeInputs, get_recipe, list_recipes, register_recipe
 from .elastic_net import PathPoint, fit_elastic_net, regularization_path
 from .pcbm import PCBM
+from .baselines import LinearProbe, RandomConcepts, ZeroShot
 
 __all__ = ["NEEDS", "RECIPES", "Param", "Recipe", "RecipeInputs", "get_recipe", "list_recipes", "register_recipe",
-           "PCBM", "PathPoint", "fit_elastic_net", "regularization_path"]
+           "PCBM", "LinearProbe", "RandomConcepts", "ZeroShot", "PathPoint", "fit_elastic_net", "regularization_path"]
