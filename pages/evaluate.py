@@ -4,10 +4,9 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from cbm_core import confusion_matrix, cooccurrence_warnings, evaluate, random_concept_baseline
-from cbm_core.demo.paths import load_demo_features
-from ui import charts, common, sidebar
-from ui.data_source import evaluation_features
+from cbm_core import baseline_verdict, confusion_matrix, cooccurrence_warnings, evaluate, random_concept_baseline
+from ui import charts, sidebar
+from ui.data_source import baseline_splits, evaluation_features
 
 pipe = sidebar.open_page("Evaluate")
 model = st.session_state["model"]
@@ -30,40 +29,59 @@ with left:
     per_class = sorted(m.per_class.items(), key=lambda kv: kv[1])
     frame = pd.DataFrame({"class": [k for k, _ in per_class][::-1], "probability": [v for _, v in per_class][::-1]})
     st.plotly_chart(charts.probabilities(frame, "Accuracy per class"), width="stretch")
+with right:
     if m.per_group:
+        st.markdown("**Accuracy per group**")
         st.dataframe({"group": list(m.per_group), "accuracy": [f"{v:.1%}" for v in m.per_group.values()]},
                      hide_index=True, width="stretch")
-with right:
-    cm = confusion_matrix(model, feats.embeddings, feats.labels)
-    st.plotly_chart(charts.heatmap(cm.numpy(), list(model.classes), list(model.classes), "Confusion (rows: truth)",
-                                   colorscale="Blues", zmid=None, fmt="d"), width="stretch")
+# Full width: eight class names under eight columns need the room.
+cm = confusion_matrix(model, feats.embeddings, feats.labels)
+st.plotly_chart(charts.heatmap(cm.numpy(), list(model.classes), list(model.classes), "Confusion: images per cell",
+                               colorscale="Blues", zmid=None, fmt="d", x_title="predicted class", y_title="true class",
+                               show_values=True, hide_zeros=True), width="stretch")
 
 st.subheader("Which concepts each class uses")
 used = [k for k in range(model.n_concepts) if bool((model.weight[:, k] != 0).any())]
-st.plotly_chart(charts.heatmap(model.weight[:, used].numpy(), [model.concepts.names[k] for k in used], list(model.classes),
-                               "Head weights (blue: evidence for, red: against)"), width="stretch")
+st.plotly_chart(charts.heatmap(model.weight[:, used].T.numpy(), list(model.classes), [model.concepts.names[k] for k in used],
+                               "Head weights: blue, the concept's presence is evidence for the class; red, against "
+                               "(on the standardised score)", x_title="class", show_values=True, hide_zeros=True,
+                               fmt=".2f"), width="stretch")
+st.caption(f"Only the {len(used)} concepts with a non-zero weight for some class are shown; empty cells are zero.")
 
-st.subheader("Concepts the model cannot tell apart")
-threshold = st.slider("Correlation above", 0.80, 0.99, 0.95, 0.01, key="cooc_threshold")
-warnings = cooccurrence_warnings(model, feats.embeddings, threshold)
-if warnings.empty:
-    st.success(f"No pair of concepts is correlated above {threshold:.2f} on these images.")
-else:
-    st.warning(f"{len(warnings)} pairs always fire together: their weights are interchangeable, and switching one "
-               "off may not mean what you think.")
-    st.dataframe(warnings, hide_index=True, width="stretch")
+
+@st.fragment
+def cooccurrence() -> None:
+    """Its own fragment: moving the threshold re-runs this section only, not the page's charts."""
+    st.subheader("Concepts the model cannot tell apart")
+    threshold = st.slider("Correlation above", 0.80, 0.99, 0.95, 0.01, key="cooc_threshold")
+    warnings = cooccurrence_warnings(model, feats.embeddings, threshold)
+    if warnings.empty:
+        st.success(f"No pair of concepts is correlated above {threshold:.2f} on these images.")
+    else:
+        st.warning(f"{len(warnings)} pairs always fire together (correlation above {threshold:.2f}): their weights are "
+                   "interchangeable, and switching one off may not mean what you think.")
+        st.dataframe(warnings, hide_index=True, width="stretch")
+
+
+cooccurrence()
 
 st.subheader("Do the named concepts beat random directions?")
-if common.is_demo():
-    st.caption("A model with the same recipe, λ and number of concepts, but random directions instead of named "
-               "concepts, trained on the validation split and tested on the test split.")
+splits = baseline_splits(model)
+if splits is None:
+    st.caption("Needs labelled data to fit on and to test on: available here for the demo and for a model built in this "
+               "session; for your own data, from Python (`random_concept_baseline`).")
+else:
+    fit_on, test_on, how = splits
+    st.caption(f"A model with the same recipe, λ and number of concepts, but random directions in the embedding instead "
+               f"of named concepts, {how}. If it does about as well, the accuracy says nothing about the concepts.")
     if st.button("Fit the random-concept baseline"):
-        val, test = load_demo_features("val"), load_demo_features("test")
         with st.spinner("Fitting…"):
-            base = random_concept_baseline(model, val.embeddings, val.labels, test.embeddings, test.labels)
+            st.session_state["random_baseline"] = (model, random_concept_baseline(
+                model, fit_on.embeddings, fit_on.labels, test_on.embeddings, test_on.labels))
+    fitted_for, base = st.session_state.get("random_baseline", (None, None))
+    if fitted_for is model:  # kept while the model is unchanged; an edit makes it stale
         c = st.columns(2)
         c[0].metric("Random concepts", f"{base['random_accuracy']:.1%}", help=f"NEC {base['random_nec']:.1f}")
         c[1].metric("Named concepts", f"{base['model_accuracy']:.1%}",
                     f"{(base['model_accuracy'] - base['random_accuracy']) * 100:+.1f} pts")
-else:
-    st.caption("Available from the CLI and Python (`random_concept_baseline`) for your own data.")
+        st.info(baseline_verdict(base["model_accuracy"], base["random_accuracy"]))

@@ -77,6 +77,13 @@ def test_a_deep_link_to_a_fresh_server_gets_the_apps_own_menu(app_url, page):
     page.get_by_text("Search concepts").wait_for()
 
 
+def settle(page, pause_ms: int = 500) -> None:
+    """Until the app has finished its script run (and a moment for the browser to draw)."""
+    page.wait_for_timeout(300)
+    page.wait_for_selector("[data-testid=stApp][data-test-script-state=notRunning]")
+    page.wait_for_timeout(pause_ms)
+
+
 def test_upload_inspect_intervene_and_every_page(app_url, page):
     from cbm_core import Intervention, Pipeline
     from cbm_core.demo.paths import DEMO_BUNDLE, SAMPLES_DIR
@@ -84,13 +91,33 @@ def test_upload_inspect_intervene_and_every_page(app_url, page):
     engine = Pipeline.from_bundle(DEMO_BUNDLE, device="cpu")
     page.goto(app_url)
     page.get_by_text("Upload images").first.wait_for()
+    page.get_by_text("Predicted: azure finch").wait_for()  # Inspect opens on the demo's story bird
+    assert page.get_by_text("Deploy", exact=True).count() == 0  # the shipped config hides the developer toolbar
+    settle(page)
+    page.screenshot(path=str(SHOTS / "inspect_first_visit.png"), full_page=True)
     sample = next(p for p in sorted(SAMPLES_DIR.glob("*.png")) if "azure_diver_on_land" in p.name)
     top = engine.explain(str(sample)).to_frame(0).concept[0]
     page.locator("[data-testid=stMain] input[type=file]").first.set_input_files(str(sample))
-    page.get_by_text("Predicted:").wait_for()
+    page.locator("[data-testid=stMain]").get_by_text(f"{sample.name} ·").wait_for()  # the upload is shown in detail
     headline = page.get_by_text("Predicted:").inner_text()
-    page.wait_for_timeout(1500)
+    settle(page, 1500)
     page.screenshot(path=str(SHOTS / "inspect.png"), full_page=True)
+
+    # The overlay opacity is the browser's own: moving it changes every map at once and re-runs nothing.
+    panel = page.locator(".saliency")
+    heat = panel.locator("img.heat").first
+    before = heat.evaluate("img => getComputedStyle(img).opacity")
+    page.evaluate("""() => { window.runs = 0; const app = document.querySelector('[data-testid=stApp]');
+        new MutationObserver(() => { if (app.dataset.testScriptState === 'running') window.runs += 1; })
+            .observe(app, { attributes: true, attributeFilter: ['data-test-script-state'] }); }""")
+    opacity = panel.get_by_role("slider", name="Overlay opacity")
+    opacity.focus()
+    for _ in range(4):
+        page.keyboard.press("ArrowLeft")
+    after = heat.evaluate("img => getComputedStyle(img).opacity")
+    assert float(after) == pytest.approx(float(before) - 0.2, abs=1e-6)
+    page.wait_for_timeout(500)
+    assert page.evaluate("window.runs") == 0
 
     page.get_by_role("link", name="Intervene").click()
     page.get_by_text("Search concepts").wait_for()
@@ -124,9 +151,44 @@ def test_upload_inspect_intervene_and_every_page(app_url, page):
                          ("Build", "Recipe and sparsity")):
         page.get_by_role("link", name=name).click()
         page.get_by_text(marker).first.wait_for()
-        page.wait_for_timeout(3000)
+        settle(page, 2000)
         page.screenshot(path=str(SHOTS / f"{name.split()[0].lower()}.png"), full_page=True)
+        if name == "Edit model":  # apply the suggested prune: the proposal is cleared, the log has one entry
+            page.get_by_role("button", name="Apply this edit to the session's model").click()
+            page.get_by_text("Edit applied: changes").wait_for()
+            settle(page, 1000)
+            assert page.get_by_role("button", name="Apply this edit to the session's model").is_disabled()
+            page.screenshot(path=str(SHOTS / "edit_applied.png"), full_page=True)
+        if name == "Evaluate":
+            page.get_by_role("button", name="Fit the random-concept baseline").click()
+            page.get_by_text("with random directions").first.wait_for()
+            settle(page, 1000)
+            page.screenshot(path=str(SHOTS / "evaluate_baseline.png"), full_page=True)
     assert "Predicted" in headline
+
+
+def test_a_non_square_upload_shows_the_region_the_model_saw(app_url, page, tmp_path):
+    from PIL import Image
+
+    from cbm_core.demo.paths import SAMPLES_DIR
+
+    bird = Image.open(next(p for p in sorted(SAMPLES_DIR.glob("*.png")) if "golden_gull_on_water" in p.name)).convert("RGB")
+    wide = Image.new("RGB", (bird.width * 2, bird.height), (200, 210, 220))
+    wide.paste(bird, (bird.width // 2, 0))
+    path = tmp_path / "wide_golden_gull.png"
+    wide.save(path)
+    page.goto(app_url)
+    page.get_by_text("Upload images").first.wait_for()
+    settle(page)
+    page.locator("[data-testid=stMain] input[type=file]").first.set_input_files(str(path))
+    page.locator("[data-testid=stMain]").get_by_text(f"{path.name} ·").wait_for()
+    panel = page.locator(".saliency")
+    panel.get_by_text("The model saw only the outlined centre square").wait_for()
+    box = panel.locator(".seen").first.bounding_box()
+    frame = panel.locator(".frame").first.bounding_box()
+    assert box["width"] == pytest.approx(frame["width"] / 2, abs=3) and box["height"] == pytest.approx(frame["height"], abs=3)
+    settle(page, 1000)
+    panel.screenshot(path=str(SHOTS / "inspect_saliency_wide.png"))
 
 
 def test_a_strangers_bundle_is_refused_and_the_session_keeps_its_model(app_url, page, tmp_path):

@@ -1,12 +1,32 @@
-"""Plotly figures shared by the pages (layout only; every number comes from cbm_core)."""
+"""Charts shared by the pages (layout only; every number comes from cbm_core).
+
+Two kinds: plotly figures for the analysis pages (Evaluate, Build), and light HTML bar charts for
+Inspect, whose first render has a budget of one second: a plotly figure costs the browser about
+0.1-0.2 s to draw on a laptop-class CPU (and the first one loads plotly.js), a few dozen HTML rows
+cost a millisecond. The HTML charts are styled by charts.css, which ``use_html_charts`` adds to the page.
+"""
 from __future__ import annotations
 
+import html
+from pathlib import Path
+
 import plotly.graph_objects as go
+import streamlit as st
+
+from cbm_core import DIRECTIONS
 
 BLUE, RED, GREY, TEAL = "#2f6f9f", "#c8553d", "#9aa5b1", "#3a9d8f"
 _LAYOUT = dict(margin=dict(l=10, r=40, t=36, b=10), plot_bgcolor="white", paper_bgcolor="white",
                font=dict(size=13), hoverlabel=dict(bgcolor="white"))
+_CSS = Path(__file__).with_name("charts.css")
 
+# How each of the four directions is drawn: the colour says for (blue) or against (red) the class,
+# the fill says present (solid) or absent (hatched, lighter). charts.css uses the same classes.
+DIRECTION_STYLE = {DIRECTIONS[0]: "for present", DIRECTIONS[1]: "for absent",
+                   DIRECTIONS[2]: "against present", DIRECTIONS[3]: "against absent"}
+
+
+# -- plotly figures ----------------------------------------------------------------------------------
 
 def probabilities(frame, title="Prediction") -> go.Figure:
     """frame: class, probability (top classes first)."""
@@ -19,56 +39,136 @@ def probabilities(frame, title="Prediction") -> go.Figure:
     return fig
 
 
-def probability_change(frame, title="Class probabilities") -> go.Figure:
-    """frame: class, before, after, change."""
-    f = frame.iloc[::-1]
-    fig = go.Figure()
-    fig.add_bar(x=f["before"], y=f["class"], orientation="h", name="original", marker_color=GREY, opacity=0.6,
-                hovertemplate="%{y} originally: %{x:.2%}<extra></extra>")
-    fig.add_bar(x=f["after"], y=f["class"], orientation="h", name="with changes", marker_color=BLUE,
-                text=[f"{a:.0%} ({c * 100:+.0f} pts)" if abs(c) >= 0.005 else f"{a:.0%}" for a, c in zip(f["after"], f["change"])],
-                textposition="auto", cliponaxis=False, hovertemplate="%{y} now: %{x:.2%}<extra></extra>")
-    fig.update_layout(title=title, barmode="overlay", xaxis=dict(range=[0, 1.0], tickformat=".0%", gridcolor="#eee"),
-                      height=90 + 30 * len(f), legend=dict(orientation="h", y=-0.18, x=0.0), **_LAYOUT)
+def heatmap(values, x, y, title, colorscale="RdBu", zmid=0.0, height=None, fmt=".2f", x_title=None, y_title=None,
+            show_values=False, hide_zeros=False) -> go.Figure:
+    """values: (len(y), len(x)). Labels stay horizontal: multi-word labels on the x axis break into
+    lines instead of being tilted; ``show_values`` writes each cell's number in it."""
+    text = None
+    if show_values:
+        text = [["" if hide_zeros and v == 0 else format(v, fmt) for v in row] for row in values.tolist()]
+    fig = go.Figure(go.Heatmap(z=values, x=[_wrap(v) for v in x], y=list(y), colorscale=colorscale, zmid=zmid,
+                               text=text, texttemplate="%{text}" if show_values else None, textfont=dict(size=12),
+                               customdata=[[f"{row_label} · {col}" for col in x] for row_label in y],
+                               hovertemplate="%{customdata}: %{z:" + fmt + "}<extra></extra>", xgap=1, ygap=1))
+    fig.update_layout(title=title, height=height or 140 + 28 * len(y),
+                      xaxis=dict(tickangle=0, side="bottom", title=x_title, tickfont=dict(size=13)),
+                      yaxis=dict(autorange="reversed", title=y_title, tickfont=dict(size=13)),
+                      **{**_LAYOUT, "margin": dict(l=10, r=10, t=40, b=10)})
     return fig
 
 
-def concepts(frame, title="Top concepts", top=10) -> go.Figure:
-    """frame: Explanation.to_frame() rows (concept, score, percentile, contribution)."""
-    f = frame[frame["contribution"] != 0].head(top).iloc[::-1]
-    colours = [BLUE if c >= 0 else RED for c in f["contribution"]]
-    fig = go.Figure(go.Bar(
-        x=f["contribution"], y=f["concept"], orientation="h", marker_color=colours,
-        customdata=list(zip(f["score"], f["percentile"])),
-        text=[f"p{p:.0f}" for p in f["percentile"]], textposition="auto",
-        hovertemplate="%{y}<br>contribution %{x:+.2f}<br>score %{customdata[0]:.3f} "
-                      "(percentile %{customdata[1]:.0f} of training images)<extra></extra>"))
-    fig.update_layout(title=title, xaxis=dict(title="contribution to the class logit", zeroline=True,
-                                              zerolinecolor="#888", gridcolor="#eee"),
-                      height=70 + 28 * len(f), **_LAYOUT)
+def _wrap(label: str) -> str:
+    """'scarlet cormorant' -> 'scarlet<br>cormorant': two short lines fit under a column, one long one does not."""
+    return "<br>".join(str(label).split(" ", 1)) if len(str(label)) > 10 else str(label)
+
+
+def lambda_path(points, chosen_nonzero: float, chosen_accuracy: float, chosen_lam: float) -> go.Figure:
+    """The λ path (validation accuracy against the share of non-zero weights) with the model that
+    was built marked on it."""
+    fig = go.Figure(go.Scatter(
+        x=[p.nonzero_fraction for p in points], y=[p.val_accuracy for p in points], mode="lines+markers",
+        name="λ path", marker=dict(color=GREY, size=7), line=dict(color=GREY),
+        text=[f"λ={p.lam:.2g}, {p.nec:.1f} concepts per class" for p in points],
+        hovertemplate="%{text}<br>non-zero %{x:.0%}<br>validation accuracy %{y:.1%}<extra></extra>"))
+    fig.add_scatter(x=[chosen_nonzero], y=[chosen_accuracy], mode="markers+text", name=f"this model (λ={chosen_lam:g})",
+                    marker=dict(color=BLUE, size=14, symbol="diamond", line=dict(color="white", width=1.5)),
+                    text=[f"this model, λ={chosen_lam:g}"], textposition="bottom right", cliponaxis=False,
+                    hovertemplate=f"this model (λ={chosen_lam:g})<br>non-zero %{{x:.0%}}<br>validation accuracy "
+                                  "%{y:.1%}<extra></extra>")
+    fig.update_layout(title="λ path: validation accuracy vs non-zero weights",
+                      xaxis=dict(tickformat=".0%", title="non-zero weights (share of the class × concept table)",
+                                 gridcolor="#eee"),
+                      yaxis=dict(tickformat=".0%", title="validation accuracy", gridcolor="#eee"), height=340,
+                      legend=dict(orientation="h", y=-0.3, x=0.0), **{**_LAYOUT, "margin": dict(l=10, r=10, t=40, b=10)})
     return fig
 
 
-def waterfall(frame, title=None) -> go.Figure:
-    """frame: Explanation.waterfall() rows (label, value, kind)."""
-    measure = ["absolute" if k == "bias" else "total" if k == "total" else "relative" for k in frame["kind"]]
-    fig = go.Figure(go.Waterfall(
-        orientation="h", y=frame["label"], x=[0 if k == "total" else v for k, v in zip(frame["kind"], frame["value"])],
-        measure=measure, text=[f"{v:+.2f}" for v in frame["value"]], textposition="outside", cliponaxis=False,
-        increasing=dict(marker_color=BLUE), decreasing=dict(marker_color=RED), totals=dict(marker_color=TEAL),
-        connector=dict(line=dict(color="#bbb", width=1))))
-    steps = [v for k, v in zip(frame["kind"], frame["value"]) if k != "total"]
-    running = [sum(steps[: i + 1]) for i in range(len(steps))] + [0.0]
-    lo, hi = min(running), max(running)
-    pad = 0.25 * max(hi - lo, 1e-6)  # room for the value labels outside the bars
-    fig.update_layout(title=title or f"Why {frame.attrs.get('class', '')}: the logit, concept by concept",
-                      yaxis=dict(autorange="reversed"), xaxis=dict(gridcolor="#eee", range=[lo - pad * (lo < 0), hi + pad]),
-                      height=80 + 30 * len(frame), **_LAYOUT)
-    return fig
+# -- HTML bar charts (Inspect) ---------------------------------------------------------------------
+
+def use_html_charts() -> None:
+    """Add charts.css to the page (once per run; Streamlit puts a style-only st.html out of the flow)."""
+    st.html(_CSS)
 
 
-def heatmap(values, x, y, title, colorscale="RdBu", zmid=0.0, height=None, fmt=".2f") -> go.Figure:
-    fig = go.Figure(go.Heatmap(z=values, x=x, y=y, colorscale=colorscale, zmid=zmid,
-                               hovertemplate="%{y} · %{x}: %{z:" + fmt + "}<extra></extra>"))
-    fig.update_layout(title=title, height=height or 120 + 26 * len(y), xaxis=dict(tickangle=-40), **_LAYOUT)
-    return fig
+def _e(text) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def _span(low: float, high: float) -> tuple[float, float]:
+    low, high = min(low, 0.0), max(high, 0.0)
+    return low, max(high - low, 1e-9)
+
+
+def _bar(start: float, end: float, low: float, span: float, cls: str) -> str:
+    left = 100 * (min(start, end) - low) / span
+    width = max(100 * abs(end - start) / span, 0.4)  # a hairline for a tiny value, never nothing
+    return f'<div class="cbm-bar {cls}" style="left:{left:.2f}%;width:{width:.2f}%"></div>'
+
+
+def _zero(low: float, span: float) -> str:
+    return f'<div class="cbm-zero" style="left:{100 * -low / span:.2f}%"></div>'
+
+
+def _chart(title: str, rows: list[tuple[str, str, str, str]], footer: str = "") -> str:
+    """rows: (label, track html, value text, tooltip)."""
+    cells = "".join(f'<div class="cbm-label" title="{_e(tip)}">{_e(label)}</div>'
+                    f'<div class="cbm-track" title="{_e(tip)}">{track}</div>'
+                    f'<div class="cbm-value" title="{_e(tip)}">{value}</div>' for label, track, value, tip in rows)
+    return (f'<div class="cbm-chart"><div class="cbm-title">{_e(title)}</div>'
+            f'<div class="cbm-grid">{cells}</div>{footer}</div>')
+
+
+def probability_bars(frame, title: str) -> str:
+    """frame: class, probability (top classes first)."""
+    rows = []
+    for cls, p in zip(frame["class"], frame["probability"]):
+        rows.append((cls, _bar(0.0, float(p), 0.0, 1.0, "prob"), _e(f"{p:.1%}"), f"{cls}: {p:.2%}"))
+    return _chart(title, rows)
+
+
+def direction_legend() -> str:
+    items = "".join(f'<span class="cbm-key"><span class="cbm-swatch {DIRECTION_STYLE[d]}"></span>{_e(d)}</span>'
+                    for d in DIRECTIONS)
+    return (f'<div class="cbm-legend">{items}</div><div class="cbm-note">Present / absent: the concept scores above / '
+            "below its average over the training images (pNN: its percentile among them). Blue pushes towards the "
+            "class, red away from it.</div>")
+
+
+def contribution_bars(frame, title: str, top: int = 10) -> str:
+    """frame: ``cbm_core.concept_directions`` rows (concept, percentile, contribution, direction, sentence)."""
+    f = frame[frame["contribution"] != 0].head(top)
+    if f.empty:
+        return _chart(title, [], '<div class="cbm-note">No concept counts towards this class.</div>')
+    low, span = _span(float(f["contribution"].min()), float(f["contribution"].max()))
+    rows = []
+    for r in f.itertuples():
+        state, way = r.direction.split(", pushing ")
+        value = f'<b>{r.contribution:+.2f}</b> <span class="cbm-dim">{_e(state)} p{r.percentile:.0f} · {_e(way)}</span>'
+        rows.append((r.concept, _zero(low, span) + _bar(0.0, float(r.contribution), low, span, DIRECTION_STYLE[r.direction]),
+                     value, r.sentence))
+    return _chart(title, rows, direction_legend())
+
+
+def waterfall_bars(frame, directions: dict[str, str], title: str) -> str:
+    """frame: ``Explanation.waterfall()`` rows (label, value, kind); directions: concept -> one of
+    ``DIRECTIONS``, for the words and the fill of each concept's step."""
+    steps, running = [], 0.0
+    for label, value, kind in zip(frame["label"], frame["value"], frame["kind"]):
+        start, end = (0.0, float(value)) if kind == "total" else (running, running + float(value))
+        running = end
+        steps.append((label, float(value), kind, start, end))
+    low, span = _span(min(min(s[3], s[4]) for s in steps), max(max(s[3], s[4]) for s in steps))
+    rows = []
+    for label, value, kind, start, end in steps:
+        if kind == "concept" and label in directions:
+            style = DIRECTION_STYLE[directions[label]]
+            state = directions[label].split(",")[0]
+            text = f'<b>{value:+.2f}</b> <span class="cbm-dim">{_e(state)}</span>'
+            tip = f"{label}: {directions[label]} ({value:+.2f})"
+        else:
+            style = {"total": "total", "bias": "neutral", "rest": "neutral", "residual": "neutral"}.get(
+                kind, "for present" if value >= 0 else "against present")
+            text = f"<b>{value:.2f}</b>" if kind == "total" else f"<b>{value:+.2f}</b>"
+            tip = f"{label}: {value:+.2f}"
+        rows.append((label, _zero(low, span) + _bar(start, end, low, span, style), text, tip))
+    return _chart(title, rows)
