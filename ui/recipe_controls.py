@@ -3,10 +3,20 @@ never hard-code a recipe's options."""
 from __future__ import annotations
 
 import math
+import tempfile
+from pathlib import Path
 
 import streamlit as st
 
 from cbm_core.recipes import Param, list_recipes
+
+
+def saved_upload(upload) -> Path:
+    """An uploaded text file (a pool, a vocabulary) written to a temporary file: the engine's
+    loaders read paths, with their own size and encoding checks."""
+    path = Path(tempfile.gettempdir()) / f"cbm_upload_{upload.file_id}{Path(upload.name).suffix}"
+    path.write_bytes(upload.getvalue())
+    return path
 
 
 def recipe_names(include_baselines: bool = False) -> list[str]:
@@ -47,13 +57,15 @@ def param_control(p: Param, key: str, container=st):
                                         max_value=float(p.high) if p.high is not None else None))
 
 
-def param_controls(recipe, key: str, main: tuple[str, ...] = ()) -> dict:
+def param_controls(recipe, key: str, main: tuple[str, ...] = (), nested: bool = False) -> dict:
     """Every parameter of ``recipe``: the sparsity knob and ``main`` ones in view, the rest in an
-    expander. Returns ``{name: value}``."""
+    expander (or all in view when ``nested`` inside another expander, which Streamlit cannot nest).
+    Returns ``{name: value}``."""
     values = {}
-    shown = [p for p in recipe.params if p.sparsity or p.name in main]
+    shown = [p for p in recipe.params if p.sparsity or p.name in main or nested]
     rest = [p for p in recipe.params if p not in shown]
-    cols = st.columns(max(1, len(shown))) if shown else []
+    cols = st.columns(min(4, max(1, len(shown)))) if shown else []
+    cols = [cols[i % len(cols)] for i in range(len(shown))]
     for col, p in zip(cols, shown):
         values[p.name] = param_control(p, f"{key}_{recipe.name}_{p.name}", col)
     if rest:

@@ -21,6 +21,7 @@ PAGES = (
     ("pages/edit.py", "Edit model", ":material/content_cut:"),
     ("pages/evaluate.py", "Evaluate", ":material/monitoring:"),
     ("pages/build.py", "Build", ":material/construction:"),
+    ("pages/compare.py", "Compare", ":material/compare_arrows:"),
 )
 
 
