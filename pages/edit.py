@@ -36,9 +36,11 @@ try:
             still_used = background and describe_edit(model, prune_concepts(model, background).model).changes_anything
             state["prune_concepts"] = background if still_used else []
         cols = st.columns([3, 2])
-        concepts = cols[0].multiselect("Concepts to prune", list(model.concepts.names), key="prune_concepts",
+        # wrap=True: chips wrap onto new rows instead of scrolling out of sight in a column.
+        concepts = cols[0].multiselect("Concepts to prune", list(model.concepts.names), key="prune_concepts", wrap=True,
                                        help="A pruned concept no longer counts towards the chosen classes.")
-        scope = cols[1].multiselect("For classes (empty = all classes)", list(model.classes), key="prune_scope")
+        scope = cols[1].multiselect("For classes (empty = all classes)", list(model.classes), key="prune_scope",
+                                    wrap=True)
         proposal = prune_concepts(model, concepts, scope or None) if concepts else None
     else:
         cols = st.columns(3)

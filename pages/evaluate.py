@@ -49,12 +49,26 @@ st.plotly_chart(charts.heatmap(model.weight[:, used].T.numpy(), list(model.class
 st.caption(f"Only the {len(used)} concepts with a non-zero weight for some class are shown; empty cells are zero.")
 
 
+LOWEST_THRESHOLD = 0.80
+
+
+def correlated_pairs():
+    """Every pair above the slider's lowest threshold, computed once per model and data: a higher
+    threshold only keeps fewer of the same rows, so moving the slider filters a small table."""
+    cached = st.session_state.get("cooccurrence")
+    if cached is None or cached[0] is not model or cached[1] is not feats:
+        cached = (model, feats, cooccurrence_warnings(model, feats.embeddings, LOWEST_THRESHOLD))
+        st.session_state["cooccurrence"] = cached
+    return cached[2]
+
+
 @st.fragment
 def cooccurrence() -> None:
     """Its own fragment: moving the threshold re-runs this section only, not the page's charts."""
     st.subheader("Concepts the model cannot tell apart")
-    threshold = st.slider("Correlation above", 0.80, 0.99, 0.95, 0.01, key="cooc_threshold")
-    warnings = cooccurrence_warnings(model, feats.embeddings, threshold)
+    threshold = st.slider("Correlation above", LOWEST_THRESHOLD, 0.99, 0.95, 0.01, key="cooc_threshold")
+    pairs = correlated_pairs()
+    warnings = pairs[pairs["correlation"].abs() > threshold]
     if warnings.empty:
         st.success(f"No pair of concepts is correlated above {threshold:.2f} on these images.")
     else:

@@ -6,7 +6,7 @@ import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
-from cbm_core import Intervention, Pipeline, compare, concept_directions, prune_concepts
+from cbm_core import Intervention, Pipeline, compare, concept_directions, cooccurrence_warnings, prune_concepts
 from cbm_core.explain_text import ABSENT_FOR
 from cbm_core.demo.paths import DEMO_BUNDLE, SAMPLES_DIR, load_demo_features
 from ui.common import STORY_BIRD
@@ -160,6 +160,15 @@ def test_evaluate_page_matches_the_engine():
     m = evaluate(model, test.embeddings, test.labels, test.groups)
     metrics = {x.label: x.value for x in at.metric}
     assert metrics["Accuracy"] == f"{m.accuracy:.1%}" and metrics["Worst-group accuracy"] == f"{m.worst_group:.1%}"
+    # The correlation slider filters pairs computed once: the table is the engine's at every threshold.
+    for threshold in (0.95, 0.85, 0.99):
+        at.slider(key="cooc_threshold").set_value(threshold).run()
+        want = cooccurrence_warnings(model, test.embeddings, threshold)
+        shown = [d.value for d in at.dataframe if "concept_a" in d.value.columns]
+        if want.empty:
+            assert not shown and any(f"above {threshold:.2f}" in s.value for s in at.success)
+        else:
+            assert shown[0].reset_index(drop=True).equals(want)
 
 
 def test_build_page_validates_concepts_before_building():

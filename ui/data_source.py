@@ -19,6 +19,13 @@ def _dataset_features(spec: str, device, precision, path: str, split: str | None
     return ds.classes, extract_features(backbone, ds, progress=_progress)
 
 
+@st.cache_resource(show_spinner=False)
+def demo_features(split: str):
+    """The demo's shipped features, read once per process and shared (read-only) by every session:
+    the same object on every run, so pages can cache what they compute from it."""
+    return load_demo_features(split)
+
+
 def _build_label(split: str, feats) -> str:
     return f"Its build's {split} data ({len(feats.labels)} images)"
 
@@ -30,8 +37,8 @@ def sources(model) -> dict[str, object]:
     for split, feats in common.build_features(model).items():
         options[_build_label(split, feats)] = feats
     if common.is_toy_birds(model):
-        options[DEMO_VAL] = lambda: load_demo_features("val")
-        options[DEMO_TEST] = lambda: load_demo_features("test")
+        options[DEMO_VAL] = lambda: demo_features("val")
+        options[DEMO_TEST] = lambda: demo_features("test")
     return options
 
 
@@ -78,7 +85,7 @@ def baseline_splits(model):
     """(fit on, test on, in words) for the random-concept baseline, or None when no labelled data
     is at hand without a path: the demo's validation -> test splits, or a build's training -> validation."""
     if common.is_toy_birds(model):
-        return load_demo_features("val"), load_demo_features("test"), "trained on the validation split and tested on the test split"
+        return demo_features("val"), demo_features("test"), "trained on the validation split and tested on the test split"
     built = common.build_features(model)
     if "training" in built and "validation" in built:
         return built["training"], built["validation"], "trained on its build's training data and tested on its validation data"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import io
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -21,6 +22,29 @@ _component = st.components.v2.component(
     js=(_HERE / "saliency_panel.js").read_text())
 # The legend's colour bar: the ramp the layers are drawn with (cbm_core/overlay.py).
 RAMP = "linear-gradient(to right, " + ", ".join(f"rgb({r},{g},{b})" for r, g, b in colormap(np.linspace(0, 1, 9)).tolist()) + ")"
+
+
+# Maps for a new image start here while the page builds its other parts: the torch work releases the
+# GIL, so on two cores it overlaps the Python and Streamlit work instead of following it.
+_WORKER = ThreadPoolExecutor(max_workers=2, thread_name_prefix="saliency-prefetch")
+
+
+def _maps_key(pipe, enc, method: str, concepts, size) -> tuple:
+    return id(pipe.model), enc.digest, method, tuple(concepts), tuple(size)
+
+
+def prefetch_maps(pipe, enc, method: str, concepts, size: tuple[int, int]) -> None:
+    """Start ``pipe.saliency(enc, method, concepts, size)`` in the background for ``saliency_maps``."""
+    future = _WORKER.submit(pipe.saliency, enc, method, list(concepts), size)
+    st.session_state["saliency_prefetch"] = (_maps_key(pipe, enc, method, concepts, size), future)
+
+
+def saliency_maps(pipe, enc, method: str, concepts, size: tuple[int, int]):
+    """``pipe.saliency(...)``: the prefetched result when it is for these arguments, else computed now."""
+    key, future = st.session_state.pop("saliency_prefetch", (None, None))
+    if key == _maps_key(pipe, enc, method, concepts, size):
+        return future.result()
+    return pipe.saliency(enc, method, list(concepts), out_size=size)
 
 
 @dataclass(frozen=True)
