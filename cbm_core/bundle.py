@@ -41,6 +41,7 @@ from safetensors.torch import save as st_save
 from .concept_layer import LAYER_SCHEMA, layer_from_parts
 from .concepts import ConceptBank
 from .errors import BundleError, ConceptError
+from .images import BIDI_CONTROLS
 from .model import ConceptBottleneckModel
 from .stats import ConceptStats
 
@@ -352,12 +353,9 @@ def text_problem(value: str, max_chars: int = MAX_TEXT_CHARS, allow_empty: bool 
         return "contains a lone surrogate (not valid Unicode text)"
     for ch in value:
         category = unicodedata.category(ch)
-        if (category == "Cc" and ch not in "\t\n") or category in ("Cs", "Co", "Cn") or ch in _BIDI_CONTROLS:
+        if (category == "Cc" and ch not in "\t\n") or category in ("Cs", "Co", "Cn") or ch in BIDI_CONTROLS:
             return f"contains the control character U+{ord(ch):04X}"
     return None
-
-
-_BIDI_CONTROLS = set("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f\u061c")
 
 
 def _validate_manifest(manifest, label: str) -> tuple[dict, dict]:
