@@ -73,6 +73,7 @@ def cmd_build(args) -> None:
     from .build import build_cbm
     from .bundle import bundle_exists
     from .concepts import ConceptBank, check_templates, load_candidate_pool, load_vocabulary
+    from .images import printable
     from .recipes import get_recipe
 
     recipe = get_recipe(args.recipe)
@@ -99,9 +100,9 @@ def cmd_build(args) -> None:
     finally:
         bars.close()
     for name, why in result.removed_concepts.removed:
-        print(f"removed concept '{name}': {why}", file=sys.stderr)
+        print(f"removed concept '{printable(name)}': {why}", file=sys.stderr)
     for path, reason in result.skipped_images:
-        print(f"skipped {path}: {reason}", file=sys.stderr)
+        print(f"skipped {printable(path)}: {reason}", file=sys.stderr)
     for warning in result.model.recipe.get("warnings", []):
         print(f"warning: {warning}", file=sys.stderr)
     out = result.model.save(args.out, overwrite=args.overwrite)
@@ -152,7 +153,7 @@ def _read_intervention(path: str):
 
 def cmd_predict(args) -> None:
     from .errors import ImageError
-    from .images import load_image, printable, read_image_bytes
+    from .images import printable, read_image_bytes
 
     intervention = _read_intervention(args.intervention) if args.intervention else None  # before the slow load
     pipe = _load_pipeline(args)
@@ -165,8 +166,9 @@ def cmd_predict(args) -> None:
     for path in args.images:
         try:
             data, name = read_image_bytes(path)  # one bounded read; folders and devices refused here
-            notes = list(load_image(data, name).notes)
-            exp = pipe.explain_encoded([pipe.encode(data, name)], intervention)
+            encoded = pipe.encode(data, name)
+            notes = list(encoded.notes)
+            exp = pipe.explain_encoded([encoded], intervention)
         except ImageError as exc:
             results.append({"image": path, "error": str(exc)})
             failed = True

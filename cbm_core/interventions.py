@@ -13,6 +13,7 @@ the head. Percentiles refer to the model's training distribution (``ConceptStats
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Literal
 
@@ -42,6 +43,12 @@ class ConceptChange:
     def __post_init__(self):
         if self.op not in _OPS:
             raise InterventionError(f"Unknown intervention op '{self.op}'; use one of {', '.join(_OPS)}.")
+        if not isinstance(self.concept, str):
+            raise InterventionError(f"An intervention's concept must be a name, not {self.concept!r}.")
+        for name in ("value", "percentile", "factor", "low", "high"):
+            x = getattr(self, name)
+            if x is not None and (isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x)):
+                raise InterventionError(f"{self.op} '{self.concept}': {name} must be a finite number, not {x!r}.")
         for name in ("percentile", "low", "high"):
             p = getattr(self, name)
             if p is not None and not 0.0 <= p <= 100.0:
@@ -145,8 +152,11 @@ class Intervention:
             raise InterventionError("This is not an intervention file (missing \"format\": \"cbm-intervention\").")
         if data.get("version") != 1:
             raise InterventionError(f"Intervention format version {data.get('version')} is not supported (expected 1).")
+        changes = data.get("changes", [])
+        if not isinstance(changes, list) or not all(isinstance(c, dict) for c in changes):
+            raise InterventionError("An intervention's \"changes\" must be a list of objects, one per change.")
         try:
-            return cls(tuple(ConceptChange(**c) for c in data.get("changes", [])))
+            return cls(tuple(ConceptChange(**c) for c in changes))
         except TypeError as exc:
             raise InterventionError(f"An intervention change has unknown fields: {exc}.") from exc
 

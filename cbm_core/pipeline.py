@@ -16,7 +16,7 @@ import torch
 from .backbone import Backbone, ImageEncoding, load_backbone, spec_needs_trust
 from .bundle import load_bundle
 from .errors import BackboneError, UntrustedBackboneError
-from .images import ImageSource, decode_image, image_digest, read_image_bytes
+from .images import ImageSource, image_digest, load_image, read_image_bytes
 from .interventions import Intervention
 from .model import ConceptBottleneckModel, Explanation
 
@@ -31,6 +31,7 @@ class EncodedImage:
     embedding: torch.Tensor
     spatial: torch.Tensor | None
     pixels: torch.Tensor | None = None  # (3, H, W) preprocessed, for gradient saliency
+    notes: tuple[str, ...] = ()  # what decoding did that a user should know (first frame only, ...)
 
 
 def backbone_for(model: ConceptBottleneckModel, *, device=None, precision=None, trust: bool = False) -> Backbone:
@@ -98,11 +99,12 @@ class Pipeline:
         hit = self.cache.get(digest)
         if hit is not None:
             return hit
-        image = decode_image(data, name or default_name)
+        decoded = load_image(data, name or default_name)
+        image = decoded.image
         pixels = self.backbone.preprocess_images([image])
         enc: ImageEncoding = self.backbone.encode_images(pixels, with_spatial=True)
         item = EncodedImage(digest, name or default_name, image.size, enc.embeddings[0],
-                            enc.spatial[0] if enc.spatial is not None else None, pixels[0])
+                            enc.spatial[0] if enc.spatial is not None else None, pixels[0], decoded.notes)
         self.cache.put(item)
         return item
 

@@ -83,6 +83,10 @@ def test_interventions_compose_and_round_trip_through_json(hand_model):
     ('{"format": "cbm-intervention", "version": 1, "changes": [{"op": "melt", "concept": "x"}]}', "Unknown intervention op"),
     ('{"format": "cbm-intervention", "version": 1, "changes": [{"op": "set", "concept": "x", "percentile": 140}]}', "not a percentile"),
     ("not json", "not valid JSON"),
+    ('{"format": "cbm-intervention", "version": 1, "changes": 5}', "must be a list of objects"),
+    ('{"format": "cbm-intervention", "version": 1, "changes": [{"op": "scale", "concept": 3, "factor": 2}]}', "must be a name"),
+    ('{"format": "cbm-intervention", "version": 1, "changes": [{"op": "scale", "concept": "x", "factor": "2"}]}', "finite number"),
+    ('{"format": "cbm-intervention", "version": 1, "changes": [{"op": "set", "concept": "x", "value": NaN}]}', "finite number"),
 ])
 def test_bad_intervention_files(bad, message):
     with pytest.raises(InterventionError, match=message):
