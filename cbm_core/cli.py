@@ -25,8 +25,7 @@ def _dataset(path: str, split: str | None, allow_outside: bool = False):
     p = Path(path)
     if p.suffix.lower() != ".csv":
         return ImageDataset.from_folder(p)
-    # (allow_outside: CSV paths outside the CSV's folder; refused by from_csv unless asked for)
-    return ImageDataset.from_csv(p, split=split, **({"allow_outside": True} if allow_outside else {}))
+    return ImageDataset.from_csv(p, split=split, allow_outside=allow_outside)
 
 
 def _features(backbone, dataset, quiet: bool):
