@@ -6,6 +6,7 @@ import streamlit as st
 
 from cbm_core import baseline_verdict, confusion_matrix, cooccurrence_warnings, evaluate, random_concept_baseline
 from ui import charts, sidebar
+from ui.correlation_panel import correlation_panel
 from ui.data_source import baseline_splits, evaluation_features
 
 pipe = sidebar.open_page("Evaluate")
@@ -54,7 +55,7 @@ LOWEST_THRESHOLD = 0.80
 
 def correlated_pairs():
     """Every pair above the slider's lowest threshold, computed once per model and data: a higher
-    threshold only keeps fewer of the same rows, so moving the slider filters a small table."""
+    threshold keeps fewer of the same rows, so the browser filters this table as the slider moves."""
     cached = st.session_state.get("cooccurrence")
     if cached is None or cached[0] is not model or cached[1] is not feats:
         cached = (model, feats, cooccurrence_warnings(model, feats.embeddings, LOWEST_THRESHOLD))
@@ -62,22 +63,8 @@ def correlated_pairs():
     return cached[2]
 
 
-@st.fragment
-def cooccurrence() -> None:
-    """Its own fragment: moving the threshold re-runs this section only, not the page's charts."""
-    st.subheader("Concepts the model cannot tell apart")
-    threshold = st.slider("Correlation above", LOWEST_THRESHOLD, 0.99, 0.95, 0.01, key="cooc_threshold")
-    pairs = correlated_pairs()
-    warnings = pairs[pairs["correlation"].abs() > threshold]
-    if warnings.empty:
-        st.success(f"No pair of concepts is correlated above {threshold:.2f} on these images.")
-    else:
-        st.warning(f"{len(warnings)} pairs always fire together (correlation above {threshold:.2f}): their weights are "
-                   "interchangeable, and switching one off may not mean what you think.")
-        st.dataframe(warnings, hide_index=True, width="stretch")
-
-
-cooccurrence()
+st.subheader("Concepts the model cannot tell apart")
+correlation_panel(correlated_pairs(), LOWEST_THRESHOLD, 0.95, key="correlated_pairs")
 
 st.subheader("Do the named concepts beat random directions?")
 splits = baseline_splits(model)

@@ -160,15 +160,14 @@ def test_evaluate_page_matches_the_engine():
     m = evaluate(model, test.embeddings, test.labels, test.groups)
     metrics = {x.label: x.value for x in at.metric}
     assert metrics["Accuracy"] == f"{m.accuracy:.1%}" and metrics["Worst-group accuracy"] == f"{m.worst_group:.1%}"
-    # The correlation slider filters pairs computed once: the table is the engine's at every threshold.
-    for threshold in (0.95, 0.85, 0.99):
-        at.slider(key="cooc_threshold").set_value(threshold).run()
+    # The browser filters the pairs above 0.80 as its slider moves (|correlation| > threshold, as in
+    # correlation_panel.js): at every threshold that is the engine's own table.
+    pairs = component_data(at, "correlated_pairs")
+    assert pairs["lowest"] == 0.80 and pairs["threshold"] == 0.95
+    for threshold in (0.80, 0.85, 0.95, 0.99):
         want = cooccurrence_warnings(model, test.embeddings, threshold)
-        shown = [d.value for d in at.dataframe if "concept_a" in d.value.columns]
-        if want.empty:
-            assert not shown and any(f"above {threshold:.2f}" in s.value for s in at.success)
-        else:
-            assert shown[0].reset_index(drop=True).equals(want)
+        kept = [(a, b) for a, b, c in pairs["pairs"] if abs(c) > threshold]
+        assert kept == list(zip(want.concept_a, want.concept_b))
 
 
 def test_build_page_validates_concepts_before_building():
