@@ -9,11 +9,11 @@ from ui import charts
 def test_the_lambda_path_marks_the_model_that_was_built():
     points = [PathPoint(lam, 0.9, acc, nz, nec) for lam, acc, nz, nec in
               [(1e-2, 0.80, 0.1, 1.0), (2e-3, 0.90, 0.2, 2.0), (1e-4, 0.91, 0.6, 5.0)]]
-    fig = charts.lambda_path(points, chosen_nonzero=0.25, chosen_accuracy=0.905, chosen_lam=2e-3)
+    fig = charts.lambda_path(points, chosen_nec=2.5, chosen_accuracy=0.905, chosen_lam=2e-3)
     path, chosen = fig.data
-    assert list(path.x) == [0.1, 0.2, 0.6] and list(path.y) == [0.80, 0.90, 0.91]
-    assert (chosen.x[0], chosen.y[0], chosen.name) == (0.25, 0.905, "this model, λ=0.002")
-    assert charts.lambda_path(points, 0.25, 0.905, None).data[1].name == "this model"
+    assert list(path.x) == [1.0, 2.0, 5.0] and list(path.y) == [0.80, 0.90, 0.91]  # concepts per class
+    assert (chosen.x[0], chosen.y[0], chosen.name) == (2.5, 0.905, "this model, λ=0.002")
+    assert charts.lambda_path(points, 2.5, 0.905, None).data[1].name == "this model"
 
 
 def test_contribution_bars_draw_and_say_each_direction():

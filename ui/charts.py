@@ -62,46 +62,24 @@ def _wrap(label: str) -> str:
     return "<br>".join(str(label).split(" ", 1)) if len(str(label)) > 10 else str(label)
 
 
-def lambda_path(points, chosen_nonzero: float, chosen_accuracy: float, chosen_lam: float | None) -> go.Figure:
-    """The λ path (validation accuracy against the share of non-zero weights) with the model that
-    was built marked on it (``chosen_lam``: its λ, or None for a recipe without one)."""
+def lambda_path(points, chosen_nec: float, chosen_accuracy: float, chosen_lam: float | None) -> go.Figure:
+    """The sparsity path (validation accuracy against concepts per class, one point per λ) with the
+    model that was built marked on it (``chosen_lam``: its λ, or None for a recipe without one)."""
     name = "this model" if chosen_lam is None else f"this model, λ={chosen_lam:g}"
     fig = go.Figure(go.Scatter(
-        x=[p.nonzero_fraction for p in points], y=[p.val_accuracy for p in points], mode="lines+markers",
-        name="λ path", marker=dict(color=GREY, size=7), line=dict(color=GREY),
-        text=[f"λ={p.lam:.2g}, {p.nec:.1f} concepts per class" for p in points],
-        hovertemplate="%{text}<br>non-zero %{x:.0%}<br>validation accuracy %{y:.1%}<extra></extra>"))
-    fig.add_scatter(x=[chosen_nonzero], y=[chosen_accuracy], mode="markers+text", name=name,
+        x=[p.nec for p in points], y=[p.val_accuracy for p in points], mode="lines+markers",
+        name="sparsity path", marker=dict(color=GREY, size=7), line=dict(color=GREY),
+        text=[f"λ={p.lam:.2g}, {p.nonzero_fraction:.0%} non-zero weights" for p in points],
+        hovertemplate="%{text}<br>%{x:.1f} concepts per class<br>validation accuracy %{y:.1%}<extra></extra>"))
+    fig.add_scatter(x=[chosen_nec], y=[chosen_accuracy], mode="markers+text", name=name,
                     marker=dict(color=BLUE, size=14, symbol="diamond", line=dict(color="white", width=1.5)),
                     text=[name], textposition="bottom right", cliponaxis=False,
-                    hovertemplate=name + "<br>non-zero %{x:.0%}<br>validation accuracy %{y:.1%}<extra></extra>")
-    fig.update_layout(title="λ path: validation accuracy vs non-zero weights",
-                      xaxis=dict(tickformat=".0%", title="non-zero weights (share of the class × concept table)",
-                                 gridcolor="#eee"),
+                    hovertemplate=name + "<br>%{x:.1f} concepts per class<br>validation accuracy %{y:.1%}<extra></extra>")
+    fig.update_layout(title="Sparsity path: validation accuracy vs concepts per class",
+                      xaxis=dict(title="concepts per class (non-zero weights per class, on average)", gridcolor="#eee",
+                                 rangemode="tozero"),
                       yaxis=dict(tickformat=".0%", title="validation accuracy", gridcolor="#eee"), height=340,
                       legend=dict(orientation="h", y=-0.3, x=0.0), **{**_LAYOUT, "margin": dict(l=10, r=10, t=40, b=10)})
-    return fig
-
-
-def nec_curves(rows, nec: float) -> go.Figure:
-    """Validation accuracy against effective concepts per class, one line per recipe of a
-    ``cbm_core.compare.Comparison`` (its ``rows``), with the matched-NEC cap drawn."""
-    fig = go.Figure()
-    for row in rows:
-        points = sorted((p for p in row.path if p.val_accuracy is not None and p.nec > 0), key=lambda p: p.nec)
-        if not points:
-            continue
-        fig.add_scatter(x=[p.nec for p in points], y=[p.val_accuracy for p in points], mode="lines+markers",
-                        name=row.recipe + (" (baseline)" if row.baseline else ""),
-                        line=dict(dash="dot" if row.baseline else "solid", width=2),
-                        hovertemplate=row.recipe + ": %{x:.1f} concepts per class, validation accuracy %{y:.1%}"
-                                                   "<extra></extra>")
-    fig.add_vline(x=nec, line=dict(color="#888", dash="dash"), annotation_text=f"NEC = {nec:g}",
-                  annotation_position="top right")
-    fig.update_layout(title="Accuracy against sparsity (validation split)",
-                      xaxis=dict(type="log", title="effective concepts per class (NEC, log scale)", gridcolor="#eee"),
-                      yaxis=dict(tickformat=".0%", title="validation accuracy", gridcolor="#eee"), height=420,
-                      legend=dict(orientation="h", y=-0.25, x=0.0), **{**_LAYOUT, "margin": dict(l=10, r=10, t=40, b=10)})
     return fig
 
 
