@@ -57,13 +57,14 @@ def random_cbm(K: int, C: int, D: int = 512, backbone_spec: str = "bench:random"
     """A CBM with random unit concept vectors, a 5 %-dense head and stats from random embeddings:
     timing only."""
     from cbm_core import ConceptBank, ConceptBottleneckModel, ConceptStats
+    from cbm_core.concept_layer import TextCosine
 
     g = torch.Generator().manual_seed(0)
     vectors = torch.nn.functional.normalize(torch.randn(K, D, generator=g), dim=1)
     train = torch.nn.functional.normalize(torch.randn(2000, D, generator=g), dim=1)
     names = tuple(f"concept {k}" for k in range(K))
     weight = torch.randn(C, K, generator=g) * (torch.rand(C, K, generator=g) < 0.05)
-    return ConceptBottleneckModel(backbone_spec, ConceptBank(names), vectors, tuple(f"class {c}" for c in range(C)),
+    return ConceptBottleneckModel(backbone_spec, ConceptBank(names), TextCosine(vectors), tuple(f"class {c}" for c in range(C)),
                                   ConceptStats.from_scores(names, train @ vectors.T), weight, torch.zeros(C))
 
 

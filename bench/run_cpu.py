@@ -13,7 +13,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import run_suite  # noqa: E402
 
-SUITE = [["intervention.py"], ["explain.py"], ["saliency.py"], ["feature_extraction.py"], ["head_training.py"]]
+SUITE = [["intervention.py"], ["explain.py"], ["saliency.py"], ["feature_extraction.py"], ["head_training.py", "--size", "small"]]
 
 if __name__ == "__main__":
     sys.exit(run_suite(SUITE + ([["browser_latency.py"]] if "--browser" in sys.argv else [])))
