@@ -11,6 +11,7 @@ from cbm_core.build import build_cbm
 from cbm_core.bundle import load_bundle, save_bundle
 from cbm_core.concepts import ConceptBank
 from cbm_core.data import ImageDataset
+from cbm_core.errors import RecipeError
 from cbm_core.pipeline import Pipeline
 from cbm_core.recipes import RecipeInputs, get_recipe
 from cbm_core.recipes.cms import CMS, class_concept_matrix, fit_temperature, paper_scores, row_normalise
@@ -167,6 +168,8 @@ def test_cms_from_training_images_and_its_temperature():
     fixed = CMS.from_inputs(cms_inputs(), class_matrix="images", scale=5.0).fit(x, y)
     assert fixed.scale_ == 5.0 and torch.equal(fixed.model_.predict(x), est.model_.predict(x))
     assert fit_temperature(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([1, 0])) < 1e-3  # wrong way round
+    with pytest.raises(RecipeError, match="class 'gull' has none"):
+        CMS.from_inputs(cms_inputs(), class_matrix="images").fit(x[y < 2], y[y < 2])
 
 
 def test_cms_reports_rows_the_papers_normalisation_flips():

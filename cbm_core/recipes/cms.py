@@ -138,6 +138,12 @@ class CMS(Recipe):
                 raise RecipeError("CMS with class_matrix='names' needs the class names' text vectors "
                                   "(class_vectors); build it with from_inputs, or use class_matrix='images'.")
             return class_concept_matrix(self.concept_vectors, class_vectors=torch.as_tensor(self.class_vectors))
+        counts = torch.bincount(labels, minlength=len(self.classes))
+        absent = [c for c, n in zip(self.classes, counts.tolist()) if n == 0]
+        if absent:
+            raise RecipeError(f"CMS with class_matrix='images' builds each class's row from its training images; "
+                              f"class{'es' * (len(absent) > 1)} {', '.join(repr(c) for c in absent[:8])} has none. "
+                              f"Add images, or use class_matrix='names'.")
         return class_concept_matrix(self.concept_vectors, scores=scores, labels=labels, n_classes=len(self.classes))
 
     def fit(self, features: torch.Tensor, labels: torch.Tensor, **_) -> "CMS":
