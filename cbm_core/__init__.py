@@ -20,16 +20,20 @@ from .edits import EditResult, prune_concepts, replay, set_weight
 from .baselines import random_concept_baseline
 from .evaluation import Metrics, compare, confusion_matrix, cooccurrence_warnings, evaluate
 from .errors import (BackboneError, BundleError, CBMError, ConceptError, DatasetError, ImageError,
-                     InterventionError)
+                     InterventionError, RecipeError, UntrustedBackboneError)
 from .images import decode_image
 from .overlay import overlay
-from .explain_text import DIRECTIONS, concept_directions, direction, label_from_filename
+from .explain_text import (DIRECTIONS, EditSummary, baseline_verdict, concept_directions, describe_edit, direction,
+                           label_from_filename)
 from .interventions import ConceptChange, Intervention
 from .model import ConceptBottleneckModel, ConceptStats, Explanation
 from .head_slice import HeadSlice
 from .pipeline import EncodedImage, EncodingCache, Pipeline
 from .recipes import PCBM, PathPoint, regularization_path
 from .build import BuildResult, build_cbm
+from .comparison import Comparison, compare_recipes
+from .concept_layer import ConceptLayer, LinearProjection, SparseAutoencoderEncoder, TextCosine
+from .recipes import Param, Recipe, RecipeInputs, get_recipe, list_recipes, register_recipe
 from .saliency import DenseConceptMaps, GradCAM, Occlusion, SaliencyMaps, class_maps
 
 __all__ = [
@@ -37,6 +41,9 @@ __all__ = [
     "ConceptBank", "FilterReport",
     "ImageDataset", "ImageRecord", "FeatureSet", "extract_features",
     "PCBM", "PathPoint", "regularization_path", "build_cbm", "BuildResult",
+    "Recipe", "RecipeInputs", "Param", "get_recipe", "list_recipes", "register_recipe",
+    "ConceptLayer", "TextCosine", "LinearProjection", "SparseAutoencoderEncoder",
+    "compare_recipes", "Comparison",
     "DenseConceptMaps", "GradCAM", "Occlusion", "SaliencyMaps", "class_maps",
     "ConceptBottleneckModel", "ConceptStats", "Explanation",
     "Intervention", "ConceptChange", "HeadSlice", "Counterfactual", "counterfactual",
@@ -44,6 +51,8 @@ __all__ = [
     "Metrics", "evaluate", "compare", "confusion_matrix", "cooccurrence_warnings", "random_concept_baseline",
     "save_bundle", "load_bundle", "read_manifest",
     "Pipeline", "EncodedImage", "EncodingCache", "decode_image", "overlay",
-    "DIRECTIONS", "concept_directions", "direction", "label_from_filename",
+    "DIRECTIONS", "concept_directions", "direction", "label_from_filename", "EditSummary", "describe_edit",
+    "baseline_verdict",
     "CBMError", "ImageError", "ConceptError", "BackboneError", "DatasetError", "BundleError", "InterventionError",
+    "RecipeError", "UntrustedBackboneError",
 ]

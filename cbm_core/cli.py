@@ -233,7 +233,7 @@ def cmd_edit(args) -> None:
 
 def cmd_compare(args) -> None:
     from .backbone import load_backbone
-    from .compare import DEFAULT_BASELINES, compare_recipes, stratified_split
+    from .comparison import DEFAULT_BASELINES, compare_recipes, stratified_split
     from .concepts import ConceptBank, check_templates, load_candidate_pool, load_vocabulary
     from .data import extract_features
     from .recipes import RecipeInputs, get_recipe
