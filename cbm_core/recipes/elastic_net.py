@@ -157,15 +157,16 @@ def regularization_path(X: torch.Tensor, y: torch.Tensor, n_classes: int, *, l1_
 
 
 def truncate_to_nec(X: torch.Tensor, y: torch.Tensor, n_classes: int, weight: torch.Tensor, nec: int, *,
-                    lam: float = 1e-4, max_iter: int = 1500, tol: float = 1e-5) -> ElasticNetResult:
+                    lam: float = 1e-4, max_iter: int = 1500, tol: float = 1e-5,
+                    init: tuple[torch.Tensor, torch.Tensor] | None = None) -> ElasticNetResult:
     """A head with at most ``nec`` concepts per class: keep each class's ``nec`` largest |weight|
     (of a dense head, e.g. LaBo's or Sparse-CBM's) and refit only those on X (N, K) — how heads
     without a sparsity knob are compared at matched NEC (VLG-CBM's protocol: prune, then fine-tune)."""
     K = weight.shape[1]
     keep = weight.abs().topk(min(int(nec), K), dim=1).indices
     mask = torch.zeros_like(weight, dtype=torch.float32).scatter_(1, keep, 1.0) * (weight != 0)
-    return fit_elastic_net(X, y, n_classes, lam, 1.0, init=(weight * mask, torch.zeros(n_classes)),
-                           max_iter=max_iter, tol=tol, mask=mask)
+    start = (init[0] * mask, init[1]) if init is not None else (weight * mask, torch.zeros(n_classes))
+    return fit_elastic_net(X, y, n_classes, lam, 1.0, init=start, max_iter=max_iter, tol=tol, mask=mask)
 
 
 def nec_path(X: torch.Tensor, y: torch.Tensor, n_classes: int, weight: torch.Tensor, *,
@@ -173,10 +174,11 @@ def nec_path(X: torch.Tensor, y: torch.Tensor, n_classes: int, weight: torch.Ten
              progress=None) -> list[PathPoint]:
     """The accuracy-vs-sparsity path of a dense head by truncation (``truncate_to_nec``) at each NEC;
     ``PathPoint.lam`` holds the NEC cap."""
-    points = []
+    points, res = [], None
     caps = [n for n in necs if n < weight.shape[1]] + [weight.shape[1]]
     for i, nec in enumerate(caps):
-        res = truncate_to_nec(X, y, n_classes, weight, nec)
+        # The caps grow, so each mask contains the last one: warm-start from the last fit.
+        res = truncate_to_nec(X, y, n_classes, weight, nec, init=(res.weight, res.bias) if res is not None else None)
         nz = res.weight != 0
         val_acc = accuracy(X_val.float() @ res.weight.T + res.bias, y_val) if X_val is not None else None
         points.append(PathPoint(float(nec), accuracy(X.float() @ res.weight.T + res.bias, y), val_acc,
