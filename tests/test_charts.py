@@ -38,3 +38,16 @@ def test_a_waterfall_steps_from_the_bias_to_the_total():
     # Running sums 0 -> 0.5 -> 3.5 -> 2.5 on an axis from 0 to 3.5: the water step spans 2.5 .. 3.5.
     assert 'class="cbm-bar against absent" style="left:71.43%;width:28.57%"' in html
     assert 'class="cbm-bar total" style="left:0.00%;width:71.43%"' in html
+
+
+def test_nec_curves_draw_each_recipe_against_concepts_per_class():
+    from types import SimpleNamespace
+
+    path = [PathPoint(1e-2, 0.9, 0.80, 0.1, 1.0), PathPoint(1e-3, 0.9, 0.92, 0.4, 4.0)]
+    rows = [SimpleNamespace(recipe="pcbm", baseline=False, path=path[::-1]),
+            SimpleNamespace(recipe="random-concepts", baseline=True, path=path),
+            SimpleNamespace(recipe="failed", baseline=False, path=[])]  # no path: no curve
+    fig = charts.nec_curves(rows, nec=5.0)
+    assert [t.name for t in fig.data] == ["pcbm", "random-concepts (baseline)"]
+    assert list(fig.data[0].x) == [1.0, 4.0] and list(fig.data[0].y) == [0.80, 0.92]  # sorted by NEC
+    assert fig.data[1].line.dash == "dash" and fig.layout.shapes[0].x0 == 5.0

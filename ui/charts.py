@@ -83,6 +83,28 @@ def lambda_path(points, chosen_nec: float, chosen_accuracy: float, chosen_lam: f
     return fig
 
 
+def nec_curves(rows, nec: float) -> go.Figure:
+    """The Compare page's curves: each recipe's validation accuracy against concepts per class (its
+    ``RecipeScore.path``), baselines dashed, and the NEC the table compares them at."""
+    palette = [BLUE, TEAL, "#8e6c8a", "#d4a017", "#5b8c5a", "#b5651d", "#4f6d7a", RED]
+    fig = go.Figure()
+    for n, row in enumerate(r for r in rows if r.path):
+        points = sorted(row.path, key=lambda p: p.nec)
+        fig.add_scatter(x=[p.nec for p in points], y=[p.val_accuracy for p in points], mode="lines+markers",
+                        name=row.recipe + (" (baseline)" if row.baseline else ""),
+                        line=dict(color=GREY if row.baseline else palette[n % len(palette)],
+                                  dash="dash" if row.baseline else "solid"),
+                        hovertemplate=row.recipe + "<br>%{x:.1f} concepts per class<br>validation accuracy "
+                                      "%{y:.1%}<extra></extra>")
+    fig.add_vline(x=nec, line=dict(color="#888", dash="dot"), annotation_text=f"compared at NEC ≤ {nec:g}",
+                  annotation_position="top right")
+    fig.update_layout(title="Accuracy against concepts per class (validation data)",
+                      xaxis=dict(title="concepts per class (NEC)", gridcolor="#eee", rangemode="tozero"),
+                      yaxis=dict(tickformat=".0%", title="validation accuracy", gridcolor="#eee"), height=380,
+                      legend=dict(orientation="h", y=-0.25, x=0.0), **{**_LAYOUT, "margin": dict(l=10, r=10, t=40, b=10)})
+    return fig
+
+
 # -- HTML bar charts (Inspect) ---------------------------------------------------------------------
 
 def use_html_charts() -> None:
