@@ -82,7 +82,7 @@ def build_cbm(backbone: Backbone, train: ImageDataset, bank: ConceptBank | None 
     inputs = RecipeInputs(classes=tuple(train.classes), backbone_spec=backbone.spec, text=backbone.embed_prompts,
                           templates=tuple(templates), concepts=bank if "concepts" in cls.needs else None,
                           candidate_pool=pool, vocabulary=tuple(vocabulary) if vocabulary else None,
-                          embed_dim=backbone.embed_dim)
+                          embed_dim=backbone.embed_dim, concept_names=tuple(getattr(train, "concept_names", ())) or None)
     inputs.require(cls)
     removed = FilterReport()
     if inputs.concepts is not None and (dedupe is not None or class_similarity is not None):

@@ -34,7 +34,15 @@ def shapes(tmp_path_factory, tiny_vit):
 def inputs_for(tiny_vit, data) -> RecipeInputs:
     return RecipeInputs(classes=data.classes, backbone_spec=tiny_vit.spec, text=tiny_vit.embed_prompts,
                         templates=("a photo of {}.",), concepts=ConceptBank(CONCEPTS), candidate_pool=POOL,
-                        vocabulary=VOCABULARY, embed_dim=tiny_vit.embed_dim)
+                        vocabulary=VOCABULARY, embed_dim=tiny_vit.embed_dim, concept_names=tuple(data.classes))
+
+
+def concept_labels_for(cls, labels) -> dict:
+    """For a recipe that learns from concept labels: 0/1 labels of the colour concepts (a shape's
+    colour is its class)."""
+    if "concept_labels" not in cls.needs:
+        return {}
+    return {"concept_labels": torch.nn.functional.one_hot(torch.as_tensor(labels), len(COLOURS)).float()}
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -59,7 +67,8 @@ def test_fit_bundle_explain_intervene_saliency_edit_evaluate(name, shapes, tiny_
     _, data, feats = shapes
     cls = get_recipe(name)
     est = cls.from_inputs(inputs_for(tiny_vit, data)).fit(feats.embeddings, feats.labels,
-                                                           val_features=feats.embeddings, val_labels=feats.labels)
+                                                           val_features=feats.embeddings, val_labels=feats.labels,
+                                                           **concept_labels_for(cls, feats.labels))
     model = est.model_
     assert model.recipe["name"].startswith(name.split("-")[0]) and model.classes == data.classes
     exp = model.explain_features(feats.embeddings)
@@ -100,7 +109,14 @@ def test_the_cli_builds_every_recipe(name, shapes, tiny_vit, tmp_path, monkeypat
     (tmp_path / "pool.tsv").write_text("".join(f"{c}\t{s}\n" for c, ss in POOL.items() for s in ss))
     (tmp_path / "vocabulary.txt").write_text("\n".join(VOCABULARY))
     cls = get_recipe(name)
-    args = ["build", "--recipe", name, "--backbone", f"local-dir:{tmp_path / 'model'}", "--data", str(root),
+    data = str(root)
+    if "concept_labels" in cls.needs:  # a CSV manifest with a 0/1 column per colour concept
+        rows = ["path,label," + ",".join(COLOURS)] + [
+            f"{c}/{p.name},{c}," + ",".join(str(int(c == k)) for k in COLOURS)
+            for c in COLOURS for p in sorted((root / c).glob("*.png"))]
+        (root / "manifest.csv").write_text("\n".join(rows) + "\n")
+        data = str(root / "manifest.csv")
+    args = ["build", "--recipe", name, "--backbone", f"local-dir:{tmp_path / 'model'}", "--data", data,
             "--out", str(tmp_path / "out"), "--device", "cpu", "--quiet"]
     args += ["--concepts", str(tmp_path / "concepts.txt")] if "concepts" in cls.needs else []
     args += ["--pool", str(tmp_path / "pool.tsv")] if "candidate_pool" in cls.needs else []

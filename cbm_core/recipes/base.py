@@ -113,6 +113,7 @@ class RecipeInputs:
     vocabulary: tuple[str, ...] | None = None
     device: str | None = None
     embed_dim: int | None = None
+    concept_names: tuple[str, ...] | None = None  # the dataset's concept-label columns (concept-supervised recipes)
 
     def require(self, recipe: "type[Recipe]") -> None:
         """Raise a ``RecipeError`` naming every input ``recipe`` needs that is missing here."""
