@@ -12,7 +12,7 @@ import datetime as _dt
 import difflib
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import torch
 
@@ -30,8 +30,11 @@ def _entry(op: str, **details) -> dict:
     return {"op": op, **details, "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
 
 
-# Facts about the data a model was fitted on: still true after its weights change.
-_DATA_FACTS = ("n_train", "n_val", "skipped_images")
+# Facts about the data a model was fitted on: still true after its weights change. So are the
+# measures of its concept layer (a concept-supervised model's concept AUROC): edits change the head only.
+_DATA_FACTS = ("n_train", "n_val", "skipped_images", "concept_auroc", "concept_accuracy", "concept_auroc_mean",
+               "concept_auroc_worst", "concept_ece_before", "concept_ece_after", "concept_calibration",
+               "concept_metrics_on")
 
 
 def _resolve(name: str, known: Sequence[str], kind: str) -> str:
@@ -93,6 +96,33 @@ def set_weight(model: ConceptBottleneckModel, concept: str, class_name: str, val
                                          new=float(value)))
 
 
+def adapt_concepts(model: ConceptBottleneckModel, mask: Sequence[str] = (), amplify: Mapping[str, float] | None = None,
+                   details: dict | None = None) -> EditResult:
+    """Mask concepts (their weights zeroed for every class) and amplify others (their weights
+    multiplied by a factor), as one ``adapt`` entry; ``details`` (JSON: the evidence, the images it was
+    found from) is kept in the entry. ``adaptation.propose_adaptation`` finds what to pass here."""
+    names = list(model.concepts.names)
+    mask = list(dict.fromkeys(_resolve(c, names, "concept") for c in mask))
+    factors: dict[str, float] = {}
+    for concept, factor in (amplify or {}).items():
+        concept = _resolve(concept, names, "concept")
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not math.isfinite(factor) or factor <= 0:
+            raise ConceptError(f"The factor for '{concept}' must be a positive finite number; got {factor!r}.")
+        factors[concept] = float(factor)
+    both = sorted(set(mask) & set(factors))
+    if both:
+        raise ConceptError(f"A concept cannot be both masked and amplified: {', '.join(map(repr, both))}.")
+    if not mask and not factors:
+        raise ConceptError("Name at least one concept to mask or amplify.")
+    weight = model.weight.clone()
+    for concept in mask:
+        weight[:, names.index(concept)] = 0.0
+    for concept, factor in factors.items():
+        weight[:, names.index(concept)] *= factor
+    extra = {k: v for k, v in (details or {}).items() if k not in ("op", "mask", "amplify", "time")}
+    return _edited(model, weight, _entry("adapt", mask=mask, amplify=factors, **extra))
+
+
 def replay(model: ConceptBottleneckModel, log: Sequence[dict]) -> ConceptBottleneckModel:
     """Apply a saved edit log (e.g. from another bundle) to ``model``."""
     for i, entry in enumerate(log):
@@ -102,6 +132,11 @@ def replay(model: ConceptBottleneckModel, log: Sequence[dict]) -> ConceptBottlen
                 model = prune_concepts(model, entry["concepts"], classes).model
             elif entry["op"] == "set_weight":
                 model = set_weight(model, entry["concept"], entry["class_name"], entry["new"]).model
+            elif entry["op"] == "adapt":
+                if not isinstance(entry.get("mask", []), list) or not isinstance(entry.get("amplify", {}), dict):
+                    raise TypeError("an adapt entry's mask must be a list and its amplify an object")
+                details = {k: v for k, v in entry.items() if k not in ("op", "mask", "amplify", "time", "metrics_before")}
+                model = adapt_concepts(model, entry.get("mask", []), entry.get("amplify", {}), details).model
             else:
                 raise ConceptError(f"Unknown edit '{entry['op']}' in the edit log.")
         except (KeyError, TypeError, ValueError, AttributeError) as exc:

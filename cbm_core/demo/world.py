@@ -191,13 +191,13 @@ def _draw_background(img: Image.Image, kind: str, rng: random.Random) -> None:
 class _Canvas:
     """Draws each part into the picture and into a part-id label map (last drawn wins)."""
 
-    def __init__(self, img: Image.Image, bird: Bird):
+    def __init__(self, img: Image.Image, bird: Bird, zoom: float = 1.0):
         self.img, self.draw = img, ImageDraw.Draw(img)
         self.labels = Image.new("L", img.size, 0)
         self.ldraw = ImageDraw.Draw(self.labels)
         W = img.size[0]
         p = bird.pose
-        self.s = p["scale"] * W  # unit length: the image width, scaled by the bird's size
+        self.s = p["scale"] * W * zoom  # unit length: the image width, scaled by the bird's size (and a shift's zoom)
         self.cx, self.cy = p["cx"] * W, p["cy"] * W
         self.f, self.tilt = p["facing"], p["tilt"]
 
@@ -277,22 +277,56 @@ def _draw_bird(canvas: _Canvas, bird: Bird, rng: random.Random) -> None:
                                 (bx + 0.13, by + 0.09), (bx + 0.09, by + 0.02), (bx - 0.01, by + 0.04)], beak)
 
 
-def render(bird: Bird, size: int = 96) -> tuple[Image.Image, dict[str, np.ndarray]]:
-    """Pixels (RGB, ``size`` x ``size``) and a boolean mask (size, size) per visible part."""
+def render(bird: Bird, size: int = 96, shift: "Shift | str | None" = None) -> tuple[Image.Image, dict[str, np.ndarray]]:
+    """Pixels (RGB, ``size`` x ``size``) and a boolean mask (size, size) per visible part.
+    ``shift`` (a ``Shift`` or a name in ``SHIFTS``) renders the bird under other imaging conditions;
+    without one the pixels are exactly those of the unshifted world."""
+    shift = SHIFTS[shift] if isinstance(shift, str) else shift
     big = size * SUPERSAMPLE
     rng = random.Random(bird.pose["bg_seed"])
     img = Image.new("RGB", (big, big))
     _draw_background(img, bird.background, rng)
-    canvas = _Canvas(img, bird)
+    canvas = _Canvas(img, bird) if shift is None else _Canvas(img, bird, shift.zoom)
     _draw_bird(canvas, bird, rng)
     img = img.filter(ImageFilter.GaussianBlur(radius=SUPERSAMPLE * 0.3)).resize((size, size), Image.LANCZOS)
     arr = np.asarray(img, dtype=np.float32)
+    if shift is not None:
+        arr = shift.recolour(arr, bird)
     noise = np.random.default_rng(bird.pose["bg_seed"]).normal(0.0, bird.pose["noise"], arr.shape)
     img = Image.fromarray(np.clip(arr + noise, 0, 255).astype(np.uint8))
     labels = np.asarray(canvas.labels.resize((size, size), Image.NEAREST))
     masks = {part: labels == i + 1 for i, part in enumerate(PARTS)}
     masks["background"] = labels == 0
     return img, masks
+
+
+# ---- domain shifts ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Shift:
+    """Other imaging conditions, like another hospital's stain or scanner: every pixel's colour goes
+    through ``mix`` (3 x 3, applied to RGB in 0..255) plus ``offset``, and the bird is drawn ``zoom``
+    times its size. ``jitter`` varies the colour change's strength per image (×[1 − jitter,
+    1 + jitter]), drawn from the bird's own seed, so a shifted bird is deterministic per seed."""
+
+    name: str
+    mix: tuple[tuple[float, float, float], ...]
+    offset: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    zoom: float = 1.0
+    jitter: float = 0.0
+
+    def recolour(self, arr: np.ndarray, bird: Bird) -> np.ndarray:
+        """arr: (H, W, 3) float RGB -> the same under this shift's colour change."""
+        strength = 1.0 + self.jitter * random.Random(f"shift-{self.name}-{bird.pose['bg_seed']}").uniform(-1.0, 1.0)
+        mix = np.eye(3) + strength * (np.asarray(self.mix, dtype=np.float64) - np.eye(3))
+        return (arr @ mix.T.astype(np.float32) + strength * np.asarray(self.offset, dtype=np.float32)).astype(np.float32)
+
+
+# A stain-like cast (reds pulled towards magenta, greens dimmed, a violet lift: H&E-ish) and a
+# scanner that shows the bird at 80 % of its size.
+SHIFTS: dict[str, Shift] = {
+    "stain": Shift("stain", mix=((0.80, 0.10, 0.25), (0.05, 0.60, 0.20), (0.25, 0.05, 0.80)),
+                   offset=(25.0, 0.0, 30.0), zoom=0.8, jitter=0.25),
+}
 
 
 def concept_mask(masks: dict[str, np.ndarray], concept: str) -> np.ndarray | None:
@@ -305,10 +339,11 @@ def concept_mask(masks: dict[str, np.ndarray], concept: str) -> np.ndarray | Non
 
 
 # ---- datasets ---------------------------------------------------------------------------------
-def generate(split: str, n: int, seed: int = 0, size: int = 96, spurious: float = 0.95):
-    """``n`` birds of ``split``: returns ``(birds, uint8 images (n, size, size, 3))``."""
+def generate(split: str, n: int, seed: int = 0, size: int = 96, spurious: float = 0.95,
+             shift: Shift | str | None = None):
+    """``n`` birds of ``split`` (under ``shift``, if given): returns ``(birds, uint8 images (n, size, size, 3))``."""
     birds = [sample_bird(seed, i, split, spurious) for i in range(n)]
-    images = np.stack([np.asarray(render(b, size)[0]) for b in birds])
+    images = np.stack([np.asarray(render(b, size, shift)[0]) for b in birds])
     return birds, images
 
 
