@@ -16,7 +16,7 @@ from .bundle import load_bundle, read_manifest, save_bundle
 from .concepts import ConceptBank, FilterReport
 from .counterfactual import Counterfactual, counterfactual
 from .data import FeatureSet, ImageDataset, ImageRecord, extract_features
-from .edits import EditResult, prune_concepts, replay, set_weight
+from .edits import EditResult, adapt_concepts, prune_concepts, replay, set_weight
 from .baselines import random_concept_baseline
 from .evaluation import Metrics, compare, confusion_matrix, cooccurrence_warnings, evaluate
 from .errors import (BackboneError, BundleError, CBMError, ConceptError, DatasetError, ImageError,
@@ -35,6 +35,11 @@ from .comparison import Comparison, compare_recipes
 from .concept_layer import ConceptLayer, LinearProjection, SparseAutoencoderEncoder, TextCosine
 from .recipes import Param, Recipe, RecipeInputs, get_recipe, list_recipes, register_recipe
 from .saliency import DenseConceptMaps, GradCAM, Occlusion, SaliencyMaps, class_maps
+from .recipes.supervised import SupervisedCBM
+from .tti import (InterventionCurve, Question, TTIError, answers_intervention, apply_answer, intervention_curve,
+                  next_question)
+from .propagation import ConceptDependencies, PropagationError, conditional_table, propagate
+from .adaptation import AdaptationError, AdaptationProposal, propose_adaptation
 
 __all__ = [
     "Backbone", "ImageEncoding", "load_backbone", "register_model_config",
@@ -47,12 +52,15 @@ __all__ = [
     "DenseConceptMaps", "GradCAM", "Occlusion", "SaliencyMaps", "class_maps",
     "ConceptBottleneckModel", "ConceptStats", "Explanation",
     "Intervention", "ConceptChange", "HeadSlice", "Counterfactual", "counterfactual",
-    "EditResult", "prune_concepts", "set_weight", "replay",
+    "EditResult", "prune_concepts", "set_weight", "replay", "adapt_concepts",
+    "SupervisedCBM", "Question", "InterventionCurve", "apply_answer", "answers_intervention", "next_question",
+    "intervention_curve", "ConceptDependencies", "propagate", "conditional_table",
+    "AdaptationProposal", "propose_adaptation",
     "Metrics", "evaluate", "compare", "confusion_matrix", "cooccurrence_warnings", "random_concept_baseline",
     "save_bundle", "load_bundle", "read_manifest",
     "Pipeline", "EncodedImage", "EncodingCache", "decode_image", "overlay",
     "DIRECTIONS", "concept_directions", "direction", "label_from_filename", "EditSummary", "describe_edit",
     "baseline_verdict",
     "CBMError", "ImageError", "ConceptError", "BackboneError", "DatasetError", "BundleError", "InterventionError",
-    "RecipeError", "UntrustedBackboneError",
+    "RecipeError", "UntrustedBackboneError", "TTIError", "PropagationError", "AdaptationError",
 ]

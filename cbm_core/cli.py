@@ -7,6 +7,8 @@ Examples::
     python -m cbm_core evaluate --bundle my_cbm --data test_photos/
     python -m cbm_core edit --bundle my_cbm --prune "water" --out my_cbm_no_water --data val_photos/
     python -m cbm_core info --bundle my_cbm
+    python -m cbm_core intervene-curve --bundle assets/demo_supervised_bundle --data demo:test --propagate
+    python -m cbm_core adapt --bundle my_cbm --target new_site/ --source val_photos/ --out my_cbm_adapted
 """
 from __future__ import annotations
 
@@ -287,10 +289,125 @@ def cmd_info(args) -> None:
     from .bundle import load_bundle
 
     model = load_bundle(args.bundle)
-    info = {"backbone": model.backbone_spec, "recipe": model.recipe, "classes": list(model.classes),
+    recipe = dict(model.recipe)
+    if isinstance(recipe.get("concept_dependencies"), dict):  # a table of numbers: say what it is, not all of it
+        deps = recipe["concept_dependencies"]
+        recipe["concept_dependencies"] = f"{deps.get('structure', '?')} model over {len(deps.get('names', []))} concepts"
+    info = {"backbone": model.backbone_spec, "recipe": recipe, "classes": list(model.classes),
             "n_concepts": model.n_concepts, "concepts": list(model.concepts.names)[:20], **model.sparsity(),
             "metrics": model.metrics, "edit_log": list(model.edit_log), "created": model.created}
     print(json.dumps(info, indent=2))
+    auroc = model.metrics.get("concept_auroc")
+    if isinstance(auroc, dict) and auroc:  # a concept-supervised bundle: how well each concept is predicted
+        print(f"\nconcept AUROC ({model.metrics.get('concept_metrics_on', 'validation')}), worst first:", file=sys.stderr)
+        for name, value in sorted(auroc.items(), key=lambda kv: (kv[1] is not None, kv[1] or 0.0)):
+            print(f"  {value:.3f}  {name}" if value is not None else f"    n/a  {name} (one class only)", file=sys.stderr)
+
+
+# -- test-time intervention and adaptation (cbm_core/tti.py, propagation.py, adaptation.py) ---------
+DEMO_DATA = ("demo:val", "demo:test", "demo-shifted:val", "demo-shifted:test")
+
+
+def _labelled_features(model, args, data: str, split: str | None):
+    """Encoded images with classes and 0/1 concept labels in ``model``'s concept order: a CSV with
+    concept columns, or the demo's shipped features (``demo:val``, ``demo-shifted:test``, ...)."""
+    import torch
+
+    if data in DEMO_DATA:
+        from .demo.world import CONCEPTS, SPECIES_NAMES
+
+        if tuple(model.classes) != SPECIES_NAMES or model.backbone_spec != "demo":
+            raise CBMError(f"'{data}' is Toy Birds data encoded by the demo backbone; this model reads "
+                           f"'{model.backbone_spec}' embeddings into classes {list(model.classes)[:5]}...")
+        kind, part = data.split(":")
+        if kind == "demo":
+            from .demo.paths import load_demo_features as load
+        else:
+            from .demo.shifted import load_shifted_features as load
+        feats, names = load(part), tuple(CONCEPTS)
+    else:
+        backbone = _backbone(model, args)
+        dataset = _dataset(data, split, args.allow_outside_paths)
+        _check_classes(model, dataset)
+        feats, names = _features(backbone, dataset, args.quiet), tuple(dataset.concept_names)
+    if feats.concept_labels is None or not names:
+        return feats, None
+    missing = [n for n in model.concepts.names if n not in names]
+    if missing:
+        raise CBMError(f"The data has no concept column for {len(missing)} of the model's concepts "
+                       f"({', '.join(missing[:5])}{'...' if len(missing) > 5 else ''}).")
+    order = torch.tensor([names.index(n) for n in model.concepts.names])
+    return feats, feats.concept_labels[:, order]
+
+
+def cmd_intervene_curve(args) -> None:
+    from .bundle import load_bundle
+    from .propagation import ConceptDependencies
+    from .tti import intervention_curve, tune_coop
+
+    args.policy = args.policy or ["random", "uncertainty", "expected_change", "coop"]
+    model = load_bundle(args.bundle)
+    feats, concept_labels = _labelled_features(model, args, args.data, args.split)
+    if concept_labels is None:
+        raise CBMError(f"'{args.data}' has no 0/1 concept columns: the simulated expert answers from them.")
+    deps = ConceptDependencies.from_model(model) if args.propagate else None
+    if args.propagate and deps is None:
+        raise CBMError("This bundle keeps no concept dependencies to propagate with (build it with the 'supervised' "
+                       "recipe).")
+    coop = (1.0, args.coop_beta) if args.coop_beta is not None else None
+    if coop is None and "coop" in args.policy:
+        if args.tune_on is None:
+            coop = (1.0, 1.0)
+        else:
+            tune, tune_labels = _labelled_features(model, args, args.tune_on, args.tune_split)
+            coop, _ = tune_coop(model, tune.embeddings, tune.labels, tune_labels, dependencies=deps)
+    curves = [intervention_curve(model, feats.embeddings, feats.labels, concept_labels, policy,
+                                 max_answers=args.max_answers, dependencies=deps, seed=args.seed,
+                                 coop=coop or (1.0, 1.0)) for policy in args.policy]
+    if args.json:
+        Path(args.json).write_text(json.dumps({"data": args.data, "propagated": bool(deps), "coop": coop,
+                                               "curves": [c.to_dict() for c in curves]}, indent=2))
+    k = len(curves[0].accuracy)
+    print("answers  " + "  ".join(f"{c.policy:>15}" for c in curves))
+    for i in range(k):
+        print(f"{i:>7}  " + "  ".join(f"{c.accuracy[i]:>15.1%}" for c in curves))
+    if "coop" in args.policy:
+        print(f"CooP weights: alpha {coop[0]:g}, beta {coop[1]:g}", file=sys.stderr)
+
+
+def cmd_adapt(args) -> None:
+    from .adaptation import AdaptationError, few_shot, propose_adaptation
+    from .bundle import bundle_exists, load_bundle
+    from .evaluation import evaluate
+
+    if bundle_exists(args.out) and not args.overwrite:  # before any slow step
+        raise CBMError(f"A bundle already exists at '{args.out}'. Choose another --out, or pass --overwrite to replace it.")
+    model = load_bundle(args.bundle)
+    target, _ = _labelled_features(model, args, args.target, args.target_split)
+    pick = few_shot(target.labels, args.per_class, seed=args.seed) if args.per_class else None
+    target_x, target_y = (target.embeddings[pick], target.labels[pick]) if pick is not None else (target.embeddings, target.labels)
+    source = _labelled_features(model, args, args.source, args.source_split)[0] if args.source else None
+    try:
+        proposal = propose_adaptation(model, target_x, target_y,
+                                      source_embeddings=source.embeddings if source is not None else None,
+                                      source_labels=source.labels if source is not None else None,
+                                      max_edits=args.max_edits)
+        result = proposal.apply(model)
+    except AdaptationError as exc:
+        raise CBMError(str(exc)) from None
+    print(f"from {proposal.n_images} labelled target images: target accuracy {proposal.target_before:.1%} -> "
+          f"{proposal.target_after:.1%}" + (f"; source validation {proposal.source_before:.1%} -> "
+                                            f"{proposal.source_after:.1%}" if source is not None else ""))
+    for e in proposal.edits:
+        print(f"  {e.describe()}  [effect {e.effect:+.3f}, activation target {e.target_activation:+.2f}"
+              + (f" vs source {e.source_activation:+.2f}" if e.source_activation is not None else "") + "]")
+    if args.test:
+        test, _ = _labelled_features(model, args, args.test, args.test_split)
+        print(f"held-out target data: {evaluate(model, test.embeddings, test.labels).accuracy:.1%} -> "
+              f"{evaluate(result.model, test.embeddings, test.labels).accuracy:.1%}")
+    out = result.model.save(args.out, overwrite=args.overwrite)
+    print(f"saved adapted bundle to {out} (edit log: adapt, {len(proposal.mask)} masked, "
+          f"{len(proposal.amplify)} amplified)")
 
 
 def _build_description(recipe) -> str:
@@ -421,6 +538,43 @@ def build_parser(recipe_name: str = "pcbm") -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="summary of a bundle")
     i.add_argument("--bundle", required=True)
     i.set_defaults(func=cmd_info)
+
+    data_help = ("a CSV with 0/1 concept columns, or the demo's shipped features: " + ", ".join(DEMO_DATA))
+    v = sub.add_parser("intervene-curve", help="accuracy after k expert answers (from the data's concept labels), "
+                                               "per question policy, for a concept-supervised bundle")
+    v.add_argument("--data", required=True, help=data_help)
+    v.add_argument("--split", default=None, help="with a CSV: the 'split' value to use")
+    v.add_argument("--policy", action="append", choices=["random", "uncertainty", "expected_change", "coop"],
+                   help="question policy, repeatable (default: all four)")
+    v.add_argument("--max-answers", type=int, default=10, help="answers per image (default 10)")
+    v.add_argument("--propagate", action="store_true", help="move correlated concepts after each answer")
+    v.add_argument("--coop-beta", type=float, default=None, help="CooP's weight on the prediction change (alpha = 1)")
+    v.add_argument("--tune-on", default=None, help="choose CooP's beta on this data (e.g. demo:val)")
+    v.add_argument("--tune-split", default=None)
+    v.add_argument("--seed", type=int, default=0, help="seed of the random policy")
+    v.add_argument("--json", default=None, help="also write the curves to this file")
+    v.add_argument("--allow-outside-paths", action="store_true", help="with a CSV: accept paths outside its folder")
+    common(v)
+    v.set_defaults(func=cmd_intervene_curve, policy=None)
+
+    a = sub.add_parser("adapt", help="repair a bundle for a new domain from a few labelled images, without training: "
+                                     "mask mis-activated concepts, amplify under-activated ones")
+    a.add_argument("--target", required=True, help="labelled images of the new domain: a folder of class sub-folders, "
+                                                   "a CSV, or demo-shifted:val")
+    a.add_argument("--target-split", default=None)
+    a.add_argument("--per-class", type=int, default=4, help="draw this many target images per class (0: use all)")
+    a.add_argument("--source", default=None, help="validation images of the original domain, so no edit costs accuracy "
+                                                  "there (e.g. demo:val)")
+    a.add_argument("--source-split", default=None)
+    a.add_argument("--test", default=None, help="held-out target data to report accuracy on (e.g. demo-shifted:test)")
+    a.add_argument("--test-split", default=None)
+    a.add_argument("--max-edits", type=int, default=8)
+    a.add_argument("--seed", type=int, default=0, help="seed of the per-class draw")
+    a.add_argument("--out", required=True)
+    a.add_argument("--overwrite", action="store_true")
+    a.add_argument("--allow-outside-paths", action="store_true", help="with a CSV: accept paths outside its folder")
+    common(a)
+    a.set_defaults(func=cmd_adapt)
     return parser
 
 
