@@ -6,7 +6,7 @@ from pathlib import Path
 import streamlit as st
 
 from cbm_core import BundleError, CBMError, compare, describe_edit, prune_concepts, set_weight
-from ui import common, sidebar
+from ui import adapt_panel, common, sidebar
 from ui.data_source import evaluation_features
 
 pipe = sidebar.open_page("Edit the model",
@@ -86,11 +86,18 @@ st.button("Apply this edit to the session's model", type="primary", on_click=app
           disabled=summary is None or not summary.changes_anything,
           help="Replaces this session's model with the edited one (the saved bundle is not touched until you save).")
 
+st.subheader("Or: adapt to new data")
+adapt_panel.adapt_to_new_data(model, apply_edit)
+
 st.subheader("3 · Edit log and saving")
 def log_row(entry: dict) -> dict:
     """One edit-log entry as a table row a person reads (the full entry, metrics included, is in the bundle)."""
     if entry.get("op") == "set_weight":
         what, concepts, classes = f"weight {entry['old']:+.3f} → {entry['new']:+.3f}", entry["concept"], entry["class_name"]
+    elif entry.get("op") == "adapt":
+        what, classes = f"adapt (from {entry.get('n_images', '?')} images)", "all"
+        concepts = ", ".join([f"mask {c}" for c in entry.get("mask", [])]
+                             + [f"{c} ×{f:g}" for c, f in entry.get("amplify", {}).items()])
     else:
         what = "prune"
         concepts = ", ".join(entry.get("concepts", []))

@@ -5,7 +5,7 @@ import pandas as pd
 import streamlit as st
 
 from cbm_core import baseline_verdict, confusion_matrix, cooccurrence_warnings, evaluate, random_concept_baseline
-from ui import charts, sidebar
+from ui import charts, sidebar, tti_panel
 from ui.correlation_panel import correlation_panel
 from ui.data_source import baseline_splits, evaluation_features
 
@@ -48,6 +48,7 @@ st.plotly_chart(charts.heatmap(model.weight[:, used].T.numpy(), list(model.class
                                "(on the standardised score)", x_title="class", show_values=True, hide_zeros=True,
                                fmt=".2f"), width="stretch")
 st.caption(f"Only the {len(used)} concepts with a non-zero weight for some class are shown; empty cells are zero.")
+tti_panel.evaluate_section(model, feats)  # concept-supervised models: concept AUROC, intervention curves, co-occurrence
 
 
 LOWEST_THRESHOLD = 0.80
