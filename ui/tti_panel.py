@@ -41,6 +41,16 @@ def offer_supervised_bundle(model) -> None:
                   on_click=common.open_bundle, args=(str(SUPERVISED_BUNDLE),))
 
 
+def section(model, embedding, active: Callable[[], Intervention], push: Callable[[Intervention], None],
+            image_key) -> None:
+    """The Intervene page's expert questions for a concept-supervised model; for any other, how to get one."""
+    if has_probabilities(model):
+        st.subheader("Ask the expert")
+        expert_questions(model, embedding, active, push, image_key)
+    else:
+        offer_supervised_bundle(model)
+
+
 def expert_questions(model, embedding, active: Callable[[], Intervention], push: Callable[[Intervention], None],
                      image_key) -> None:
     """The question section for one image (embedding: (D,)). ``active()`` is the page's current
