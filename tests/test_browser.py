@@ -127,6 +127,16 @@ def test_upload_inspect_intervene_and_every_page(app_url, page):
     live.get_by_role("switch", name=f"{top} on").wait_for()
     page.wait_for_timeout(1000)
     shown_before = json.loads(live.get_attribute("data-probs"))
+    # The live waterfall says which way each concept points, as the engine does (present: above its
+    # training average).
+    from cbm_core import concept_directions
+
+    want = concept_directions(engine.explain(str(sample)), 0).set_index("concept")
+    steps = [r for r in live.locator(".contrib .bar-row").all() if r.locator(".state").count()]
+    assert steps
+    for row in steps:
+        name, state = row.locator(".cls").inner_text(), row.locator(".state").inner_text()
+        assert state == ("present" if want.loc[name].present else "absent"), name
     live.get_by_role("switch", name=f"{top} on").click()
     # The browser recomputes at once; then Python records the change (the caption).
     shown_after = json.loads(live.get_attribute("data-probs"))

@@ -157,8 +157,11 @@ export default function (component) {
     // A waterfall of the predicted class's score: everything else (bias, residual head, concepts not
     // on screen), then the largest on-screen contributions, each bar starting where the last ended.
     const contrib = root.querySelector(".contrib");
-    contrib.replaceChildren(el("div", "subtitle", `Why ${d.classes[pred]}: its score, step by step`));
-    const parts = d.concepts.map((name, i) => ({ name, value: d.weight[pred][i] * z[i] }))
+    contrib.replaceChildren(el("div", "subtitle", `Why ${d.classes[pred]}: its score (logit), step by step`));
+    // Which way each concept points, as cbm_core.explain_text says it: present above its training
+    // average (z > 0), absent below; a concept switched off sits at the average and counts nothing.
+    const parts = d.concepts.map((name, i) => ({ name, value: d.weight[pred][i] * z[i],
+      state: z[i] > 0 ? "present" : "absent" }))
       .filter((p) => p.value !== 0).sort((a, b) => Math.abs(b.value) - Math.abs(a.value)).slice(0, TOP_CONTRIBUTIONS);
     const rest = logits[pred] - parts.reduce((acc, p) => acc + p.value, 0);
     const steps = [{ name: "bias and all other concepts", value: rest, kind: "rest" }, ...parts,
@@ -175,14 +178,15 @@ export default function (component) {
     for (const step of steps) {
       const row = el("div", "bar-row");
       const track = el("div", "track waterfall");
-      const bar = el("div", `fill ${step.kind || (step.value >= 0 ? "pos" : "neg")}`);
+      const bar = el("div", `fill ${step.kind || (step.value >= 0 ? "pos" : "neg")} ${step.state || ""}`);
       bar.style.left = at(Math.min(step.from, step.to));
       bar.style.width = `${(100 * Math.abs(step.to - step.from)) / span}%`;
       const zero = el("div", "zero"); zero.style.left = at(0);
       track.append(zero, bar);
       const sign = step.kind === "total" ? "" : step.value >= 0 ? "+" : "−";
-      row.append(el("span", `cls ${step.kind || ""}`, step.name), track,
-        el("span", "prob", `${sign}${Math.abs(step.value).toFixed(2)}`));
+      const value = el("span", "prob", `${sign}${Math.abs(step.value).toFixed(2)}`);
+      if (step.state) value.append(el("span", "state", step.state));
+      row.append(el("span", `cls ${step.kind || ""}`, step.name), track, value);
       contrib.append(row);
     }
     root.dataset.probs = JSON.stringify(Object.fromEntries(d.classes.map((c, k) => [c, probs[k]])));

@@ -19,6 +19,10 @@ _HTML = """
     <div class="legend"><span style="background:#9aa5b1;opacity:.6"></span>original
       <span style="background:var(--st-primary-color,#2f6f9f)"></span>with changes (change in points)</div>
     <div class="contrib"></div>
+    <div class="keys"><span class="key"><i style="background:#2f6f9f"></i>present, pushing for</span>
+      <span class="key"><i class="hatch-for"></i>absent, pushing for</span>
+      <span class="key"><i style="background:#c8553d"></i>present, pushing against</span>
+      <span class="key"><i class="hatch-against"></i>absent, pushing against</span></div>
   </div>
 </div>
 """
