@@ -204,6 +204,12 @@ def test_inspect_opens_on_the_story_bird_and_says_which_way_each_concept_points(
     readme = (ROOT / "README.md").read_text()
     story = readme[readme.index("Try it:"):].split("\n\n")[0]
     assert f'"{STORY_BIRD}"' in story and "azure finch" in story and "water background: absent, pushing for" in story
+    # The first visit's bird is an ordinary image: "Clear images" clears it, and it is not added again;
+    # the empty page's hint tells the same story.
+    next(b for b in at.button if b.label == "Clear images").click().run()
+    assert not at.session_state["images"] and any(f"*{STORY_BIRD}*" in i.value for i in at.info)
+    at.run()
+    assert not at.session_state["images"]
 
 
 def test_the_demo_story_holds_on_the_shipped_model(engine):
