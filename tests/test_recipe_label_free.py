@@ -128,7 +128,7 @@ def test_absolute_top5_mode_uses_the_cutoff_and_off_keeps_the_concept():
     removed = dict(est.fit(X, y, val_features=Xv).filter_report_.removed)
     assert set(removed) == {"never seen"} and removed["never seen"].endswith("≤ 0")
     est = LabelFreeCBM.from_inputs(lf_inputs(names), top5_mode="off", **quick).fit(X, y, val_features=Xv)
-    assert "never seen" in est.model_.concepts.names
+    assert "never seen" in est.model_.concepts.names and est.model_.recipe["filter_counts"]["low_activation"] == 0
 
 
 def test_calibrated_scores_have_the_mean_and_spread_of_the_clip_similarities(fitted):

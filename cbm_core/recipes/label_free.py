@@ -49,9 +49,10 @@ the difference from PCBM is measured, not assumed.
 
 The cos³ loss mean-centres and the head standardises, so a bias of the layer changes neither
 (the paper's W_c has none; with ``calibrate`` off, neither has ours). With ``calibrate`` (the
-default) each learned row is rescaled and given a bias so that its training scores have the mean and spread of its CLIP similarities: raw scores
-then read on the backbone's cosine scale (the Inspect page shows them), while the loss and the
-head are unchanged (both are invariant to a positive rescaling and a shift of a concept).
+default) each learned row is rescaled and given a bias so that its training scores have the mean
+and spread of its CLIP similarities: raw scores then read on the backbone's cosine scale (the
+Inspect page shows them), while the loss and the head are unchanged (both are invariant to a
+positive rescaling and a shift of a concept).
 """
 from __future__ import annotations
 
@@ -238,17 +239,20 @@ class LabelFreeCBM(Recipe):
     paper = "Oikarinen et al., Label-free Concept Bottleneck Models, ICLR 2023"
     needs = ("labels", "concepts")
     params = (LAM,
-              Param("l1_ratio", float, 0.99, "share of the l1 penalty in the elastic net (1 = lasso)", low=0.0, high=1.0),
+              Param("l1_ratio", float, 0.99, "share of the l1 penalty in the elastic net (1 = lasso)", low=0.0,
+                    high=1.0),
               Param("proj_steps", int, 1000, "most Adam steps for the concept projection (early stopping on "
                     "validation)", low=1, high=100_000),
-              Param("proj_lr", float, 1e-3, "Adam learning rate of the concept projection", low=1e-6, high=1.0, log=True),
+              Param("proj_lr", float, 1e-3, "Adam learning rate of the concept projection", low=1e-6, high=1.0,
+                    log=True),
               Param("proj_batch_size", int, 50_000, "images per projection step (all of them when fewer)",
                     low=2, high=10_000_000),
               Param("max_chars", int, 30, "drop concepts longer than this many characters (0 = no length filter)",
                     low=0, high=1000),
               Param("class_cutoff", float, 0.85, "drop concepts whose text vector has cosine above this with a "
                     "class name's (1 = only exact class names)", low=0.0, high=1.0),
-              Param("duplicate_cutoff", float, 0.9, "drop the later of two concepts whose text vectors have cosine above this "
+              Param("duplicate_cutoff", float, 0.9, "drop the later of two concepts whose text vectors have cosine "
+                    "above this "
                     "(1 = off)", low=0.0, high=1.0),
               Param("top5_mode", str, "relative", "low-activation filter: 'relative' (scale-free, against the "
                     "typical and the best concept), 'absolute' (the paper's cutoff on the cosine) or 'off'",
@@ -273,7 +277,8 @@ class LabelFreeCBM(Recipe):
                  lam: float = 0.05, l1_ratio: float = 0.99, proj_steps: int = 1000, proj_lr: float = 1e-3,
                  proj_batch_size: int = 50_000, max_chars: int = 30, class_cutoff: float = 0.85,
                  duplicate_cutoff: float = 0.9, top5_mode: str = "relative", top5_cutoff: float = 0.25,
-                 top5_relative: float = _TOP5_RELATIVE_DEFAULT, interpretability_cutoff: float = 0.45, calibrate: bool = True,
+                 top5_relative: float = _TOP5_RELATIVE_DEFAULT, interpretability_cutoff: float = 0.45,
+                 calibrate: bool = True,
                  seed: int = 0, max_iter: int = 3000, tol: float = 1e-5, device: str | torch.device | None = None):
         self.concepts = concepts
         self.concept_vectors = concept_vectors
@@ -323,12 +328,14 @@ class LabelFreeCBM(Recipe):
         bank = self.concepts
         vectors = torch.as_tensor(self.concept_vectors).float().cpu()
         if vectors.shape != (len(bank), features.shape[1]):
-            raise RecipeError(f"concept_vectors must be ({len(bank)}, {features.shape[1]}); got {tuple(vectors.shape)}.")
+            raise RecipeError(f"concept_vectors must be ({len(bank)}, {features.shape[1]}); "
+                              f"got {tuple(vectors.shape)}.")
         # the text filters compare bare names (the paper's thresholds were set that way; a shared prompt
         # template lifts every cosine); P uses the vectors with the templates
         text = vectors if self.filter_vectors is None else torch.as_tensor(self.filter_vectors).float().cpu()
         original = {n: i for i, n in enumerate(bank.names)}
-        counts = {"given": len(bank)}
+        counts = {"given": len(bank), "length": 0, "class_similar": 0, "near_duplicate": 0, "low_activation": 0,
+                  "uninterpretable": 0}  # a filter switched off removed nothing
         report = FilterReport()
 
         def removed_all(more: FilterReport):
@@ -353,7 +360,8 @@ class LabelFreeCBM(Recipe):
                 [n.lower() in lowered for n in bank.names])
             if bool(hit.all()):
                 raise removed_all(FilterReport(tuple((n, "too similar to a class name") for n in bank.names)))
-            bank, _, r = bank.filter_class_similar(text[rows(bank)], class_vectors, list(self.classes), self.class_cutoff)
+            bank, _, r = bank.filter_class_similar(text[rows(bank)], class_vectors, list(self.classes),
+                                                   self.class_cutoff)
         else:  # no text vectors for the classes: only exact class names can be caught
             keep = [i for i, n in enumerate(bank.names) if n.lower() not in lowered]
             r = FilterReport(tuple((n, "is a class name") for n in bank.names if n.lower() in lowered))
