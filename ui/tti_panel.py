@@ -84,7 +84,7 @@ def expert_questions(model, embedding, active: Callable[[], Intervention], push:
     if answers:
         now = model.explain_features(embedding.reshape(1, -1), active())
         top = int(now.predicted[0])
-        st.caption(f"Answered: " + "; ".join(f"{c} — {r}" for c, r in answers.items())
+        st.caption("Answered: " + "; ".join(f"{c} — {r}" for c, r in answers.items())
                    + f". Prediction now: **{model.classes[top]}** ({float(now.probs[0, top]):.1%}).")
     moved = state.get("tti_moved") or ()
     if moved:
