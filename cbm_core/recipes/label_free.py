@@ -45,7 +45,12 @@ is a global optimum of the loss (similarity 1 for every concept): LF-CBM here is
 layer re-learned from a random start — *a learned, cube-emphasised re-projection* of the text
 vectors, not new information. ``model.recipe["projection_text_cosine"]`` reports the mean cosine
 between each learned row of W_c and its concept's text vector (1 = exactly PCBM's directions), so
-the difference from PCBM is measured, not assumed.
+the difference from PCBM is measured, not assumed. On Toy Birds (demo model, 26 concepts): rows at
+cosine ≈ 0.6 from their text vectors (the random init survives in directions the images do not
+span), yet validation cos³ 0.997 and test scores correlated 0.999 with PCBM's, and test accuracy
+within a point of PCBM's at ≤ 5 concepts per class. The text filters are where the two differ
+there: the small demo text tower puts e.g. "red eye" at cosine 0.907 from "red crown", so the
+paper's thresholds drop 9 of the 26 real concepts (4 as class-like, 5 as duplicates).
 
 The cos³ loss mean-centres and the head standardises, so a bias of the layer changes neither
 (the paper's W_c has none; with ``calibrate`` off, neither has ours). With ``calibrate`` (the
