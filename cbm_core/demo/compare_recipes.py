@@ -45,7 +45,8 @@ def run(nec: float = 5.0, seed: int = 0) -> dict:
     inputs = RecipeInputs(classes=tuple(SPECIES_NAMES), backbone_spec="demo", text=backbone.embed_prompts,
                           templates=(CONCEPT_TEMPLATE,), concepts=ConceptBank(tuple(CONCEPTS), ("toybirds",) * len(CONCEPTS)),
                           candidate_pool=load_candidate_pool(TOYBIRDS_POOL, SPECIES_NAMES),
-                          vocabulary=load_vocabulary(TOYBIRDS_VOCABULARY), embed_dim=backbone.embed_dim)
+                          vocabulary=load_vocabulary(TOYBIRDS_VOCABULARY), embed_dim=backbone.embed_dim,
+                          concept_names=tuple(CONCEPTS))  # the concept-label columns, for the supervised recipe
     recipes = [r.name for r in list_recipes() if not r.baseline]
     started = time.time()
     result = compare_recipes(*splits, inputs, recipes, nec=nec,
