@@ -116,7 +116,7 @@ def build_cbm(backbone: Backbone, train: ImageDataset, bank: ConceptBank | None 
                         progress=lambda f: report("sparsity path", f))
     report(f"fitting {cls.name}", 0.0)
     est.fit(tr.embeddings, tr.labels, val_features=va.embeddings, val_labels=va.labels,
-            concept_labels=tr.concept_labels)
+            concept_labels=tr.concept_labels, val_concept_labels=va.concept_labels)
     metrics = evaluate(est.model_, va.embeddings, va.labels, va.groups)
     model = est.model_.with_changes(metrics={
         **est.model_.metrics, "val_accuracy": metrics.accuracy, "val_worst_group": metrics.worst_group,

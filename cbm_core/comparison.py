@@ -134,7 +134,7 @@ def compare_recipes(train: FeatureSet, val: FeatureSet, test: FeatureSet, inputs
             est = cls.from_inputs(inputs, **params)
             started = time.perf_counter()
             est.fit(train.embeddings, train.labels, val_features=val.embeddings, val_labels=val.labels,
-                    concept_labels=train.concept_labels)
+                    concept_labels=train.concept_labels, val_concept_labels=val.concept_labels)
             seconds = time.perf_counter() - started
         except (RecipeError, ValueError) as exc:
             rows.append(RecipeScore(name, cls.title, cls.baseline, params, float("nan"), None, float("nan"),
@@ -161,7 +161,7 @@ def _at_nec(cls, est, model, path, params, inputs, train, val, test, nec) -> dic
         point = _pick(path, nec)
         chosen = cls.from_inputs(inputs, **{**params, "lam": point.lam}).fit(
             train.embeddings, train.labels, val_features=val.embeddings, val_labels=val.labels,
-            concept_labels=train.concept_labels).model_
+            concept_labels=train.concept_labels, val_concept_labels=val.concept_labels).model_
         how = f"λ = {point.lam:.3g} (best validation accuracy with NEC ≤ {nec:g})"
         if chosen.sparsity()["nec"] > nec + 1e-9:  # the refit landed a hair over the cap: truncate it
             chosen, how = with_head_at_nec(chosen, train, int(nec)), how + ", then truncated"

@@ -182,7 +182,10 @@ class Recipe:
         return {p.name: getattr(self, p.name) for p in self.params}
 
     def fit(self, features: torch.Tensor, labels: torch.Tensor, *, val_features: torch.Tensor | None = None,
-            val_labels: torch.Tensor | None = None, concept_labels: torch.Tensor | None = None) -> "Recipe":
+            val_labels: torch.Tensor | None = None, concept_labels: torch.Tensor | None = None,
+            val_concept_labels: torch.Tensor | None = None) -> "Recipe":
+        """features: (N, D) unit-norm embeddings; labels: (N,) class indices; concept labels (N, K)
+        of 0/1 (NaN = unknown) where the data has them. Recipes ignore what they do not use."""
         raise NotImplementedError
 
     def path(self, features: torch.Tensor, labels: torch.Tensor, val_features: torch.Tensor | None = None,
