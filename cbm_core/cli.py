@@ -9,6 +9,7 @@ Examples::
     python -m cbm_core info --bundle my_cbm
     python -m cbm_core intervene-curve --bundle assets/demo_supervised_bundle --data demo:test --propagate
     python -m cbm_core adapt --bundle my_cbm --target new_site/ --source val_photos/ --out my_cbm_adapted
+    python -m cbm_core extract --backbone ViT-B-32:openai --data photos/ --ray ray://head:10001
 """
 from __future__ import annotations
 
@@ -419,6 +420,58 @@ def _build_description(recipe) -> str:
     return "\n".join(lines)
 
 
+def cmd_extract(args) -> None:
+    """Encode a dataset into a sharded, resumable feature store (in process, or on Ray)."""
+    import os
+    import time
+    from contextlib import nullcontext
+
+    from .backbone import load_backbone
+    from .images import printable
+    from .store import DEFAULT_SHARD_SIZE, write_store
+
+    dataset = _dataset(args.data, args.split, args.allow_outside_paths)
+    engine = "ray" if args.ray is not None else "inprocess"
+    address = None
+    if engine == "ray":
+        from .ray_extract import ray_session
+
+        # --ray alone: the cluster named by RAY_ADDRESS (set inside a Ray job) if any, else a local Ray
+        address = args.ray or os.environ.get("RAY_ADDRESS") or None
+        if address == "local":
+            address = None
+        session = ray_session(address, args.num_cpus)
+    else:
+        session = nullcontext()
+    with session as ray:
+        device, precision = args.device, args.precision
+        if ray is not None:
+            # the driver only fingerprints and ships the model; the encoders are Ray's (GPU ones in bf16)
+            gpus = ray.cluster_resources().get("GPU", 0)
+            device = device or "cpu"
+            precision = precision or ("bf16" if gpus else "fp32")
+            if not args.quiet:
+                where = f"the Ray cluster at {address}" if address else "a local Ray"
+                print(f"extracting on {where}: {ray.cluster_resources().get('CPU', 0):g} CPUs, {gpus:g} GPUs",
+                      file=sys.stderr)
+        backbone = load_backbone(args.backbone, device=device, precision=precision)
+        t = time.perf_counter()
+        store = write_store(backbone, dataset, args.store, engine=engine, address=address,
+                            shard_size=args.shard_size or DEFAULT_SHARD_SIZE, batch_size=args.batch_size,
+                            num_workers=args.workers, num_cpus=args.num_cpus, cache_dir=args.cache_dir,
+                            progress_bar=not args.quiet)
+        seconds = time.perf_counter() - t
+    for shard in store.iter_shards():
+        for path, reason in shard.skipped:
+            print(f"skipped {printable(path)}: {reason}", file=sys.stderr)  # file names are a stranger's text
+    run = store.last_write
+    print(json.dumps({"store": str(store.root), "key": store.key, "engine": engine, "images": store.n_records,
+                      "encoded_rows": len(store), "skipped": store.n_skipped, "shards": store.n_shards,
+                      "shards_written": len(run["written"]), "shards_reused": len(run["reused"]),
+                      "shards_redone": run["redone"], "seconds": round(seconds, 2),
+                      "images_per_second": round(run["encoded"] / seconds, 1) if run["encoded"] else None}, indent=2))
+
+
 def _requested_recipe(argv) -> str:
     """The --recipe given on the command line (to generate that recipe's options), else pcbm."""
     pre = argparse.ArgumentParser(add_help=False)
@@ -575,6 +628,26 @@ def build_parser(recipe_name: str = "pcbm") -> argparse.ArgumentParser:
     a.add_argument("--allow-outside-paths", action="store_true", help="with a CSV: accept paths outside its folder")
     common(a)
     a.set_defaults(func=cmd_adapt)
+
+    x = sub.add_parser("extract", help="encode a dataset into a sharded, resumable feature store (in process, or "
+                                       "on Ray with --ray); also warms the cache that build and compare read")
+    x.add_argument("--backbone", required=True, help="e.g. ViT-B-32:openai, local-dir:/path, demo")
+    x.add_argument("--data", required=True, help="a folder of class sub-folders, or a CSV manifest")
+    x.add_argument("--split", default=None, help="with a CSV: the 'split' value to encode")
+    x.add_argument("--allow-outside-paths", action="store_true", help="with a CSV: accept paths outside its folder")
+    x.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="encode on Ray Data (pip install -r requirements-scale.txt): alone, a local Ray (or the "
+                        "cluster in RAY_ADDRESS, as inside a Ray job); with an address, that cluster, e.g. "
+                        "ray://head:10001 or auto")
+    x.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
+    x.add_argument("--store", default=None, help="the store folder (default: the feature cache, where build "
+                                                 "and compare find it)")
+    x.add_argument("--cache-dir", default=None, help="feature cache folder (default $CBM_CACHE_DIR/features)")
+    x.add_argument("--shard-size", type=int, default=None, help="images per shard (default 4096)")
+    x.add_argument("--batch-size", type=int, default=64, help="images per encoder batch (default 64)")
+    x.add_argument("--workers", type=int, default=None, help="in process: DataLoader workers")
+    common(x, bundle=False)
+    x.set_defaults(func=cmd_extract)
     return parser
 
 

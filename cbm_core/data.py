@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .backbone import Backbone
-from .errors import DatasetError, ImageError
+from .errors import CBMError, DatasetError, ImageError
 from .images import BIDI_CONTROLS, FORMATS_TEXT, IMAGE_SUFFIXES, decode_image, printable
 
 ProgressFn = Callable[[int, int], None]
@@ -306,36 +306,87 @@ def default_cache_dir() -> Path:
     return (Path(base) if base else Path.home() / ".cache" / "cbm_core") / "features"
 
 
+def feature_key(backbone: Backbone, dataset_fingerprint: str) -> str:
+    """The cache key of a dataset's features: backbone fingerprint + precision + dataset fingerprint +
+    transform. Names the single-file cache (``<key>.safetensors``) and the sharded store (``<key>.store``)."""
+    text = f"{backbone.fingerprint}|{backbone.precision}|{dataset_fingerprint}|{backbone.preprocess!r}"
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def _loader(backbone: Backbone, dataset, indices=None, *, batch_size: int, num_workers: int | None):
+    """The DataLoader of the in-process engine and the normaliser its uint8 batches need (or None).
+    ``indices`` (record indices, default all) are decoded in that order."""
+    total = len(dataset) if indices is None else len(indices)
+    if num_workers is None:
+        num_workers = min(4, max(0, (os.cpu_count() or 1) - 1)) if total > 256 else 0
+    normalizer = _PixelNormalizer.split(backbone.preprocess)
+    source = _Decoded(dataset, normalizer.to_uint8 if normalizer else backbone.preprocess)
+    if indices is not None:
+        source = torch.utils.data.Subset(source, list(indices))
+    loader = torch.utils.data.DataLoader(
+        source, batch_size=batch_size, num_workers=num_workers,
+        collate_fn=_collate, pin_memory=backbone.device.type == "cuda",
+        persistent_workers=False, prefetch_factor=4 if num_workers else None)
+    return loader, normalizer
+
+
+def _encode_stream(backbone: Backbone, dataset, indices=None, *, batch_size: int = 64, num_workers: int | None = None):
+    """The in-process engine as a stream: per batch ``(record indices, embeddings (n, D) or None,
+    labels, [(record index, reason), ...] of the images that failed)``. What the feature store writes."""
+    loader, normalizer = _loader(backbone, dataset, indices, batch_size=batch_size, num_workers=num_workers)
+    for idx, pixels, batch_labels, failed in loader:
+        emb = None
+        if pixels is not None:
+            if pixels.dtype == torch.uint8:
+                pixels = normalizer(pixels, backbone.device)
+            emb = backbone.encode_images(pixels, batch_size=len(pixels)).embeddings
+        yield idx, emb, batch_labels, failed
+
+
 def extract_features(backbone: Backbone, dataset, *, batch_size: int = 64, num_workers: int | None = None,
                      cache_dir: str | Path | None = None, use_cache: bool = True, fingerprint: str | None = None,
-                     progress: ProgressFn | None = None, progress_bar: bool = False) -> FeatureSet:
+                     progress: ProgressFn | None = None, progress_bar: bool = False, engine: str = "inprocess",
+                     address: str | None = None, num_cpus: int | None = None) -> FeatureSet:
     """Encode every image of ``dataset`` (an ``ImageDataset`` or a torch Dataset).
 
     Cached on disk when the dataset can be fingerprinted (an ``ImageDataset``, or pass
     ``fingerprint`` for a torch Dataset). ``progress(done, total)`` is called after each batch.
+    A complete sharded store of the same key (``cbm_core.store``, e.g. written by
+    ``python -m cbm_core extract``) counts as a cache hit.
+
+    engine: ``"inprocess"`` (DataLoader workers in this process) or ``"ray"`` (Ray Data: CPU tasks
+    decode, encoder actors encode — ``pip install -r requirements-scale.txt``; ``address`` None = a
+    local Ray with ``num_cpus`` CPUs, else a cluster address such as ``ray://head:10001``). The Ray
+    engine writes a resumable sharded store (in ``cache_dir``; a temporary one when ``use_cache`` is
+    False) and returns it loaded whole: the same features, bit for bit on a CPU, and the same skipped images.
     """
     is_records = isinstance(dataset, ImageDataset)
     fp = dataset.fingerprint() if is_records else fingerprint
+    if engine not in ("inprocess", "ray"):
+        raise DatasetError(f"Unknown engine '{engine}'; use 'inprocess' or 'ray'.")
     cache_file = None
     if use_cache and fp is not None:
-        key = hashlib.sha256(f"{backbone.fingerprint}|{backbone.precision}|{fp}|{backbone.preprocess!r}".encode())
-        cache_file = Path(cache_dir or default_cache_dir()) / f"{key.hexdigest()[:24]}.safetensors"
+        key = feature_key(backbone, fp)
+        cache_file = Path(cache_dir or default_cache_dir()) / f"{key}.safetensors"
         if cache_file.is_file():
             cached = _read_cache(cache_file, dataset if is_records else None)
             if cached is not None:
                 if progress:
                     progress(len(dataset), len(dataset))
                 return cached
+        if is_records:
+            cached = _read_store(cache_file.with_suffix(".store"), key, dataset)
+            if cached is not None:
+                if progress:
+                    progress(len(dataset), len(dataset))
+                return cached
+    if engine == "ray":
+        return _extract_with_ray(backbone, dataset, batch_size=batch_size, cache_dir=cache_dir, use_cache=use_cache,
+                                 progress=progress, progress_bar=progress_bar, address=address, num_cpus=num_cpus)
     total = len(dataset)
     if total == 0:
         raise DatasetError("The dataset is empty.")
-    if num_workers is None:
-        num_workers = min(4, max(0, (os.cpu_count() or 1) - 1)) if total > 256 else 0
-    normalizer = _PixelNormalizer.split(backbone.preprocess)
-    loader = torch.utils.data.DataLoader(
-        _Decoded(dataset, normalizer.to_uint8 if normalizer else backbone.preprocess), batch_size=batch_size, num_workers=num_workers,
-        collate_fn=_collate, pin_memory=backbone.device.type == "cuda",
-        persistent_workers=False, prefetch_factor=4 if num_workers else None)
+    loader, normalizer = _loader(backbone, dataset, batch_size=batch_size, num_workers=num_workers)
     bar = None
     if progress_bar:
         from tqdm.auto import tqdm
@@ -380,6 +431,38 @@ def _with_metadata(dataset: ImageDataset | None, embeddings, labels, kept, skipp
         if recs and all(r.concepts is not None for r in recs):
             concept_labels = torch.tensor([r.concepts for r in recs], dtype=torch.float32)
     return FeatureSet(embeddings, labels, kept, skipped, groups, concept_labels, from_cache)
+
+
+def _read_store(root: Path, key: str, dataset: ImageDataset) -> FeatureSet | None:
+    """A complete store of this key, loaded whole; None when there is none (or it fails validation)."""
+    if not (root / "manifest.json").is_file():
+        return None
+    from .store import FeatureStore
+
+    try:
+        store = FeatureStore.open(root)
+        if store.key != key or store.n_records != len(dataset) or not store.complete:
+            return None
+        return store.load(dataset)
+    except CBMError:  # a damaged store is recomputed, never trusted
+        return None
+
+
+def _extract_with_ray(backbone: Backbone, dataset, *, batch_size, cache_dir, use_cache, progress, progress_bar,
+                      address, num_cpus) -> FeatureSet:
+    if not isinstance(dataset, ImageDataset):
+        raise DatasetError("engine='ray' reads an ImageDataset (a folder or a CSV manifest); a torch Dataset is "
+                           "encoded in process (engine='inprocess').")
+    from .store import write_store
+
+    kwargs = dict(engine="ray", address=address, batch_size=batch_size, num_cpus=num_cpus, progress=progress,
+                  progress_bar=progress_bar)
+    if use_cache:
+        return write_store(backbone, dataset, cache_dir=cache_dir, **kwargs).load(dataset, from_cache=False)
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="cbm-store-") as tmp:
+        return write_store(backbone, dataset, Path(tmp) / "store", **kwargs).load(dataset, from_cache=False)
 
 
 def _read_cache(path: Path, dataset: ImageDataset | None) -> FeatureSet | None:
