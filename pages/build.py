@@ -7,12 +7,16 @@ import time
 from pathlib import Path
 
 import pandas as pd
-import plotly.graph_objects as go
 import streamlit as st
 
 from cbm_core import BundleError, CBMError, ConceptBank, ImageDataset, build_cbm
+from cbm_core.concepts import load_candidate_pool, load_vocabulary
+from cbm_core.demo.paths import TOYBIRDS_POOL, TOYBIRDS_VOCABULARY
+from cbm_core.recipes import get_recipe
 from cbm_core.demo.world import CONCEPTS, export
-from ui import common, sidebar
+from ui import charts, common, recipe_controls, sidebar
+
+DEMO_TEMPLATE = "a bird with {}."
 
 sidebar.ensure_drawn()  # no-op under app.py; a deep link straight to this file still gets the sidebar
 st.title("Build a model")
@@ -35,7 +39,7 @@ spec = st.text_input("Spec", value=kinds[kind], key=f"build_spec_{kind}", disabl
 st.subheader("2 · Images")
 source = st.radio("Dataset", ["Toy Birds (generated now)", "Folder of class sub-folders", "CSV manifest"],
                   horizontal=True, key="build_source")
-data_path, train_split, val_split, n_toy = None, None, None, 0
+data_path, train_split, val_split, n_toy, allow_outside = None, None, None, 0, False
 if source.startswith("Toy"):
     n_toy = st.select_slider("Training birds", [160, 400, 800, 1600], value=400, key="build_n_toy")
 elif source.startswith("Folder"):
@@ -45,6 +49,9 @@ else:
     data_path = cols[0].text_input("CSV with path, label[, group, split, 0/1 concept columns]", key="build_csv")
     train_split = cols[1].text_input("Train split", key="build_train_split", placeholder="train") or None
     val_split = cols[2].text_input("Validation split", key="build_val_split", placeholder="val") or None
+    allow_outside = st.checkbox("Allow image paths outside the CSV's folder", key="build_allow_outside",
+                                help="Absolute paths or paths with '..' are refused by default: a CSV from someone "
+                                     "else should not make the tool read files elsewhere on this computer.")
 
 # -- 3. concepts ---------------------------------------------------------------------------------
 st.subheader("3 · Concepts")
@@ -69,11 +76,18 @@ else:
     except CBMError as exc:
         st.error(str(exc))
 cols = st.columns(3)
-templates = [t.strip() for t in cols[0].text_input("Prompt templates (separate with |)", "a photo of {}.",
-                                                   key="build_templates").split("|") if t.strip()]
-if source.startswith("Toy"):
-    templates = ["a bird with {}."]
-    cols[0].caption("Toy Birds uses the demo model's own template: 'a bird with {}.'")
+if kind.startswith("Toy"):
+    # The demo model learnt concept text from captions "a bird with …": its template is fixed, so the
+    # field shows it and cannot be edited (rather than taking input it would ignore).
+    templates = [DEMO_TEMPLATE]
+    cols[0].text_input("Prompt template", DEMO_TEMPLATE, key="build_templates_demo", disabled=True,
+                       help="The Toy Birds demo model was trained on captions 'a bird with …'; other backbones take "
+                            "your own templates here.")
+else:
+    templates = [t.strip() for t in cols[0].text_input(
+        "Prompt templates (separate with |)", "a photo of {}.", key="build_templates",
+        help="Each concept is embedded in every template ({} is the concept) and the vectors averaged.").split("|")
+        if t.strip()]
 dedupe = class_sim = None
 if cols[1].checkbox("Drop near-duplicate concepts", key="build_use_dedupe",
                     help="Removes the later of two concepts whose text vectors are this similar; the report says which."):
@@ -82,17 +96,45 @@ if cols[2].checkbox("Drop concepts too close to a class name", key="build_use_cl
                     help="A concept that restates a class name leaks the label; the report says which were removed."):
     class_sim = cols[2].number_input("above cosine", 0.0, 1.0, 0.9, 0.01, key="build_classsim")
 
-# -- 4. recipe -----------------------------------------------------------------------------------
+# -- 4. recipe (controls generated from the recipe's declaration) -----------------------------------
 st.subheader("4 · Recipe and sparsity")
-cols = st.columns([2, 3, 2])
-recipe = cols[0].selectbox("Recipe", ["pcbm"], format_func=lambda r: {"pcbm": "PCBM (post-hoc CBM)"}[r],
-                           key="build_recipe", help="More recipes (LF-CBM, LaBo, …) will appear here as they land.")
-lam = cols[1].select_slider("Sparsity λ (higher = fewer concepts per class)",
-                            [1e-4, 3e-4, 1e-3, 2e-3, 5e-3, 1e-2, 3e-2], value=2e-3, key="build_lam",
-                            format_func=lambda v: f"{v:g}")
-residual = cols[2].checkbox("PCBM-h residual head", key="build_residual",
-                            help="Adds a linear head on the raw embedding; outputs show how much it carries.")
-with_path = st.checkbox("Also compute the λ path (accuracy vs sparsity)", value=True, key="build_path")
+recipe_name = st.selectbox("Recipe", recipe_controls.recipe_names(include_baselines=True), key="build_recipe",
+                           format_func=recipe_controls.recipe_title,
+                           help="Every recipe gives the same kind of model: inspect, intervene, edit and compare any of them.")
+recipe = get_recipe(recipe_name)
+st.caption(recipe.summary + (f" — {recipe.paper}" if recipe.paper else ""))
+params = recipe_controls.param_controls(recipe, "build", main=("residual",))
+pool = vocabulary = None
+if "candidate_pool" in recipe.needs:
+    pool_file = st.file_uploader("Candidate sentences per class ('class<TAB>sentence' lines)", type=["tsv", "txt"],
+                                 key="build_pool")
+    pool_path = recipe_controls.saved_upload(pool_file) if pool_file else (TOYBIRDS_POOL if source.startswith("Toy") else None)
+    if pool_path is None:
+        st.info(f"{recipe.name} needs a pool of candidate concept sentences per class.")
+    else:
+        try:
+            pool = load_candidate_pool(pool_path)
+            st.caption(f"✓ {sum(map(len, pool.values()))} candidate sentences for {len(pool)} classes"
+                       + ("" if pool_file else " (the Toy Birds pool shipped with the demo)"))
+        except CBMError as exc:
+            st.error(str(exc))
+if "vocabulary" in recipe.needs:
+    vocab_file = st.file_uploader("Vocabulary to name learned concepts (one word or phrase per line)", type=["txt"],
+                                  key="build_vocabulary")
+    vocab_path = recipe_controls.saved_upload(vocab_file) if vocab_file else (TOYBIRDS_VOCABULARY if source.startswith("Toy") else None)
+    if vocab_path is None:
+        st.info(f"{recipe.name} needs a vocabulary to name the concepts it discovers.")
+    else:
+        try:
+            vocabulary = load_vocabulary(vocab_path)
+            st.caption(f"✓ {len(vocabulary)} words" + ("" if vocab_file else " (the Toy Birds vocabulary shipped with the demo)"))
+        except CBMError as exc:
+            st.error(str(exc))
+if "concepts" not in recipe.needs:
+    st.caption(f"{recipe.name} does not use the concept list above: its concepts come from "
+               + ("the candidate pool." if "candidate_pool" in recipe.needs else
+                  "the vocabulary." if "vocabulary" in recipe.needs else "the recipe itself."))
+with_path = st.checkbox("Also compute the sparsity path (accuracy vs concepts per class)", value=True, key="build_path")
 
 
 def run_job(job: dict, args: dict) -> None:
@@ -110,48 +152,65 @@ def run_job(job: dict, args: dict) -> None:
         else:
             path = Path(args["data_path"])
             if path.suffix.lower() == ".csv":
-                train = ImageDataset.from_csv(path, split=args["train_split"])
-                val = ImageDataset.from_csv(path, split=args["val_split"]) if args["val_split"] else None
+                outside = args["allow_outside"]
+                train = ImageDataset.from_csv(path, split=args["train_split"], allow_outside=outside)
+                val = ImageDataset.from_csv(path, split=args["val_split"], allow_outside=outside) if args["val_split"] else None
             else:
                 train, val = ImageDataset.from_folder(path), None
-        job["result"] = build_cbm(backbone, train, args["bank"], val=val, templates=args["templates"], lam=args["lam"],
-                                  residual=args["residual"], dedupe=args["dedupe"], class_similarity=args["class_sim"],
-                                  with_path=args["with_path"], progress=progress)
+        job["result"] = build_cbm(backbone, train, args["bank"], val=val, templates=args["templates"],
+                                  recipe=args["recipe"], candidate_pool=args["pool"], vocabulary=args["vocabulary"],
+                                  dedupe=args["dedupe"], class_similarity=args["class_sim"],
+                                  with_path=args["with_path"], progress=progress, **args["params"])
     except CBMError as exc:
         job["error"] = str(exc)
     except Exception as exc:  # shown in the page; the session and earlier results stay
         job["error"] = f"{type(exc).__name__}: {exc}"
     finally:
+        job["finished"] = time.time()  # the clock stops here, not when the page next looks
         job["done"] = True
 
 
-ready = bank is not None and (n_toy or data_path)
+inputs_ready = (("concepts" not in recipe.needs or bank is not None)
+                and ("candidate_pool" not in recipe.needs or pool is not None)
+                and ("vocabulary" not in recipe.needs or vocabulary is not None))
+ready = inputs_ready and (n_toy or data_path)
 job = state.get("build_job")
 running = job is not None and not job.get("done")
 if st.button("Build", type="primary", disabled=not ready or running):
     job = {"stage": "starting", "fraction": 0.0, "done": False, "started": time.time()}
     args = dict(spec="demo" if kind.startswith("Toy") else spec, n_toy=n_toy, data_path=data_path,
-                train_split=train_split, val_split=val_split, bank=bank, templates=templates or ["{}"], lam=lam,
-                residual=residual, dedupe=dedupe, class_sim=class_sim, with_path=with_path)
+                train_split=train_split, val_split=val_split, bank=bank, templates=templates or ["{}"],
+                allow_outside=allow_outside, recipe=recipe.name, params=params, pool=pool, vocabulary=vocabulary,
+                dedupe=dedupe, class_sim=class_sim, with_path=with_path)
     threading.Thread(target=run_job, args=(job, args), daemon=True).start()
     state["build_job"] = job
     st.rerun()
 
 
-@st.fragment(run_every=1.0)
 def progress_panel() -> None:
+    """While a build runs this re-runs every second on its own (a fragment); once the build is done it
+    re-runs the whole page once, so the Build button is live again and the sidebar offers the model."""
     job = state.get("build_job")
     if job is None:
         return
     if not job.get("done"):
         st.progress(min(1.0, job["fraction"]), text=f"{job['stage']}… ({time.time() - job['started']:.0f} s)")
         return
+    if not job.get("shown"):
+        job["shown"] = True
+        if "result" in job:
+            common.keep_build(job["result"])
+        st.rerun(scope="app")
     if job.get("error"):
         st.error(f"The build failed: {job['error']}")
         return
     result = job["result"]
     model = result.model
-    st.success(f"Built in {time.time() - job['started']:.0f} s.")
+    kept = common.build_features(model)
+    st.success(f"Built in {job['finished'] - job['started']:.0f} s. *Use it now* makes it this session's model"
+               + (", and Edit and Evaluate can measure it on the data it was built on ("
+                  + " and ".join(f"{len(feats.labels)} {split} images" for split, feats in kept.items()) + ")."
+                  if kept else "."))
     cols = st.columns(4)
     cols[0].metric("Validation accuracy", f"{result.val_metrics.accuracy:.1%}")
     cols[1].metric("Worst group", "–" if result.val_metrics.worst_group is None else f"{result.val_metrics.worst_group:.1%}")
@@ -164,13 +223,8 @@ def progress_panel() -> None:
         with st.expander(f"{len(result.skipped_images)} images were unreadable and skipped"):
             st.dataframe(pd.DataFrame(result.skipped_images, columns=["image", "reason"]), hide_index=True)
     if result.path:
-        fig = go.Figure(go.Scatter(x=[p.nonzero_fraction for p in result.path], y=[p.val_accuracy for p in result.path],
-                                   mode="lines+markers", text=[f"λ={p.lam:.2g}, NEC {p.nec:.1f}" for p in result.path],
-                                   hovertemplate="%{text}<br>non-zero %{x:.0%}<br>val acc %{y:.1%}<extra></extra>"))
-        fig.update_layout(title="λ path: accuracy vs non-zero weights", xaxis=dict(tickformat=".0%", title="non-zero weights"),
-                          yaxis=dict(tickformat=".0%", title="validation accuracy"), height=320,
-                          margin=dict(l=10, r=10, t=40, b=10))
-        st.plotly_chart(fig, width="stretch")
+        st.plotly_chart(charts.lambda_path(result.path, model.sparsity()["nec"], result.val_metrics.accuracy,
+                                           model.recipe.get("lam")), width="stretch")
     cols = st.columns([3, 1, 1])
     target = cols[0].text_input("Save as", value="models/my-cbm", key="build_save_path")
     if cols[1].button("Save bundle"):
@@ -185,4 +239,4 @@ def progress_panel() -> None:
         st.rerun(scope="app")
 
 
-progress_panel()
+st.fragment(progress_panel, run_every=1.0 if running else None)()

@@ -5,7 +5,8 @@ import streamlit as st
 
 from cbm_core import CBMError, HeadSlice, ImageError, Intervention, counterfactual
 from cbm_core.head_slice import apply_settings
-from ui import common, live_panel, sidebar
+from ui import common, live_panel, sidebar, tti_panel
+from ui.images import display_image, plain, width_within
 
 pipe = sidebar.open_page("Intervene",
                          "Switch a concept off (to its typical 'absent' level) or set how strongly it is present, and see "
@@ -13,15 +14,16 @@ pipe = sidebar.open_page("Intervene",
 model = pipe.model
 images = common.session_images()
 if not images:
-    for path in common.sample_paths()[:1] + [p for p in common.sample_paths() if "diver_on_land" in p.name][:1]:
-        images[path.stem.split("_", 1)[1].replace("_", " ")] = path.read_bytes()
+    # The demo's story bird (see common.STORY), after a bird of its species on its usual background.
+    for path in common.sample_paths()[:1] + [p for p in common.sample_paths() if common.sample_name(p) == common.STORY_BIRD]:
+        images[common.sample_name(path)] = path.read_bytes()
 names = list(images)
 default = names.index(st.session_state["current_image"]) if st.session_state.get("current_image") in names else len(names) - 1
 current = st.selectbox("Image", names, index=default, key="intervene_image")
 try:
     enc = pipe.encode(images[current], current)
 except ImageError as exc:
-    st.error(str(exc))
+    st.error(plain(str(exc)))  # quotes the file's name: a stranger's text, shown as written
     st.stop()
 
 # -- state: a history of interventions (tuples of changes) and a position in it ----------------
@@ -109,7 +111,10 @@ with top_row[0]:
     st.markdown(f"Originally predicted: **{was}** ({float(original.probs[0].max()):.1%}).")
     st.caption("Toggle a concept off to set it to its typical 'absent' level (the training mean); drag its slider to "
                "set it to a percentile of the training images. The charts on the right follow every change.")
-top_row[1].image(images[current], width=200)
+    st.caption(common.SCORE_UNITS)
+shown = display_image(images[current], current)  # the decoded first frame, bounded: never the raw upload
+top_row[1].image(shown.image, width=width_within(shown.image, 200, 260))
+tti_panel.section(model, enc.embedding, active, push, state["intervene_for"])  # expert questions (supervised bundles)
 live()
 
 st.divider()
