@@ -180,7 +180,9 @@ def encode_with_ray(backbone, dataset, indices: Sequence[int], *, batch_size: in
 
     num_gpus: GPUs per encoder actor (default: 1 when the cluster has GPUs, else 0); encoders: actor
     pool size (default: one per GPU, else half the CPUs); encoder_threads: torch threads per CPU actor
-    (default: the CPUs it reserves, i.e. 1)."""
+    (default: this process's ``torch.get_num_threads()``, as the in-process encoder uses — a matrix
+    product's rounding can depend on how many threads split it, and the same count keeps the features
+    bit-identical to the in-process engine's)."""
     import numpy as np
 
     from .data import _PixelNormalizer
@@ -201,6 +203,8 @@ def encode_with_ray(backbone, dataset, indices: Sequence[int], *, batch_size: in
             num_gpus = 1 if gpus else 0
         if encoders is None:
             encoders = max(1, int(gpus // num_gpus) if num_gpus else cpus // 2)
+        if encoder_threads is None and not num_gpus:
+            encoder_threads = torch.get_num_threads()
         model_ref = ray.put(model)
         ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), 10_000)))
         ds = ds.map(_Decode(transform), num_cpus=1)
