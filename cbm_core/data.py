@@ -1,7 +1,8 @@
 """Datasets and the on-disk feature cache.
 
 Datasets are lists of ``ImageRecord``: from a folder of class sub-folders, from a CSV manifest
-(``path``, ``label``, optional 0/1 concept columns, optional ``group``), or any torch Dataset
+(``path``, ``label``, optional 0/1 concept columns, optional ``group``, optional ``loc:<concept>``
+part locations), or any torch Dataset
 yielding ``(PIL image or (3, H, W) tensor, label)``. ``extract_features`` decodes, preprocesses
 and encodes them once, skipping (and reporting) unreadable images, and caches the result under
 a key made of the backbone's fingerprint, the dataset's fingerprint and the transform.
@@ -34,6 +35,8 @@ class ImageRecord:
     label: int
     concepts: tuple[int, ...] | None = None
     group: str | None = None
+    # (concept, (x, y) or (x0, y0, x1, y1)) in the image's pixels, from a CSV's loc:<concept> columns
+    locations: tuple[tuple[str, tuple[float, ...]], ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,7 @@ class ImageDataset:
     classes: tuple[str, ...]
     concept_names: tuple[str, ...] = ()
     name: str = "dataset"
+    location_names: tuple[str, ...] = ()  # concepts with a loc:<concept> column
 
     def __len__(self) -> int:
         return len(self.records)
@@ -84,7 +88,11 @@ class ImageDataset:
         (no ``..`` out of it, no absolute paths, no links out of it) unless ``allow_outside``: a CSV
         from someone else must not make the tool read files of yours it was never meant to.
         Labels are stripped of surrounding spaces. Concept columns default to every column whose
-        values are all 0/1 besides the known ones; ``split`` keeps rows of one split."""
+        values are all 0/1 besides the known ones; ``split`` keeps rows of one split.
+
+        A column ``loc:<concept>`` gives where that concept is in each image, in the image's pixels
+        (as CUB-200's part locations): ``x,y`` (a point) or ``x0,y0,x1,y1`` (a box), numbers separated
+        by commas (quote the cell), semicolons or spaces; an empty cell means not annotated."""
         manifest = Path(manifest)
         if not manifest.is_file():
             raise DatasetError(f"Manifest '{manifest}' does not exist." if not manifest.exists() else
@@ -99,7 +107,10 @@ class ImageDataset:
             rows = [(line, r) for line, r in rows if r[split_column] == split]
             if not rows:
                 raise DatasetError(f"Manifest '{manifest.name}' has no rows with {split_column}={split}.")
-        known = {path_column, label_column, group_column, split_column}
+        location_columns = [c for c in header if c.startswith(LOCATION_PREFIX)]
+        for c in location_columns:
+            _check_label(c[len(LOCATION_PREFIX):], f"Manifest '{manifest.name}': location column {c!r}", what="concept name")
+        known = {path_column, label_column, group_column, split_column, *location_columns}
         if concept_columns is None:
             concept_columns = [c for c in header if c and c not in known and all(r[c] in ("0", "1") for _, r in rows)]
         else:
@@ -108,7 +119,7 @@ class ImageDataset:
                 raise DatasetError(f"Manifest '{manifest.name}' has no concept column{'s' * (len(missing) > 1)} "
                                    f"{', '.join(map(repr, missing))} (found: {', '.join(header)}).")
         base = manifest.parent.resolve()
-        labels, paths = [], []
+        labels, paths, locations = [], [], []
         for line, r in rows:
             where = f"Manifest '{manifest.name}', line {line}"
             label = r[label_column].strip()
@@ -128,14 +139,17 @@ class ImageDataset:
             for c in concept_columns:
                 if r[c] not in ("0", "1"):
                     raise DatasetError(f"{where}: concept column '{c}' holds {r[c]!r}; concept columns hold 0 or 1.")
+            locations.append(tuple((c[len(LOCATION_PREFIX):].strip(), xy) for c in location_columns
+                                   if (xy := _parse_location(r[c], where, c)) is not None) or None)
             labels.append(label)
             paths.append(str(path))
         classes = sorted(set(labels))
         index = {c: i for i, c in enumerate(classes)}
         records = tuple(ImageRecord(p, index[label], tuple(int(r[c]) for c in concept_columns) if concept_columns else None,
-                                    r.get(group_column) or None)
-                        for p, label, (_, r) in zip(paths, labels, rows))
-        return cls(records, tuple(classes), tuple(concept_columns), name=manifest.stem + (f"-{split}" if split else ""))
+                                    r.get(group_column) or None, loc)
+                        for p, label, (_, r), loc in zip(paths, labels, rows, locations))
+        return cls(records, tuple(classes), tuple(concept_columns), name=manifest.stem + (f"-{split}" if split else ""),
+                   location_names=tuple(c[len(LOCATION_PREFIX):].strip() for c in location_columns))
 
     def fingerprint(self) -> str:
         """Changes when any file, label, group or the class list changes."""
@@ -155,6 +169,29 @@ class ImageDataset:
 
 
 MAX_MANIFEST_BYTES = 1024 * 1024 * 1024  # ~10 million rows: far beyond what the tool trains on in memory
+LOCATION_PREFIX = "loc:"
+
+
+def _parse_location(cell: str, where: str, column: str) -> tuple[float, ...] | None:
+    """A ``loc:<concept>`` cell -> (x, y) or (x0, y0, x1, y1) in pixels; None when empty."""
+    text = cell.strip()
+    if not text:
+        return None
+    parts = [p for p in text.replace(";", " ").replace(",", " ").split() if p]
+    try:
+        values = tuple(float(p) for p in parts)
+    except ValueError:
+        values = ()
+    how = ("Write x,y for a point or x0,y0,x1,y1 for a box, in the image's pixels (leave the cell empty where "
+           "the part is not annotated).")
+    if len(values) not in (2, 4) or not all(v == v and abs(v) != float("inf") for v in values):
+        raise DatasetError(f"{where}: location column '{column}' holds {cell!r}. {how}")
+    if any(v < 0 for v in values):
+        raise DatasetError(f"{where}: location column '{column}' holds a negative coordinate ({cell!r}). {how}")
+    if len(values) == 4 and (values[2] < values[0] or values[3] < values[1]):
+        raise DatasetError(f"{where}: location column '{column}' holds the box {cell!r}, whose second corner is "
+                           f"above or left of the first. Write x0,y0,x1,y1 with x0 <= x1 and y0 <= y1.")
+    return values
 
 
 def _check_label(text: str, where: str, what: str = "label") -> None:
