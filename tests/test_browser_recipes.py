@@ -41,7 +41,8 @@ def test_a_sparse_cbm_bundle_opens_and_a_concept_moves_the_prediction(app_url, p
     sidebar = page.locator("[data-testid=stSidebar]")
     sidebar.get_by_text("sparse-cbm").first.wait_for()
     settle(page)
-    assert "opened: sparse_cbm" in sidebar.inner_text()  # the bundle picker names what is loaded
+    # the bundle picker names what is loaded (a combobox: its value is the input's, not text)
+    assert sidebar.get_by_role("combobox", name="Model bundle").input_value() == "opened: sparse_cbm"
     sample = next(p for p in sorted(SAMPLES_DIR.glob("*.png")) if "crimson_heron_on_land" in p.name)
     page.locator("[data-testid=stMain] input[type=file]").first.set_input_files(str(sample))
     page.locator("[data-testid=stMain]").get_by_text(f"{sample.name} ·").wait_for()  # Inspect shows it in detail

@@ -25,6 +25,15 @@ PAGES = (
 )
 
 
+def _open_upload() -> None:
+    upload = st.session_state.get("bundle_upload")
+    if upload is None:
+        return
+    target = Path(tempfile.gettempdir()) / f"cbm_upload_{upload.file_id}.zip"
+    target.write_bytes(upload.getvalue())
+    common.open_bundle(str(target))
+
+
 def draw() -> None:
     common.ensure_session()
     with st.sidebar:
@@ -35,19 +44,16 @@ def draw() -> None:
         choices = common.bundle_choices()
         current = st.session_state.get("bundle_path")
         labels = list(choices)
-        index = next((i for i, label in enumerate(labels) if choices[label] == current), 0)
-        st.selectbox("Model bundle", labels, index=index, key="bundle_choice", help="Bundles in ./models appear here too.",
+        # The picker always names the loaded bundle, however it was opened (the widget's own state
+        # would otherwise keep the previous choice when the options change under it).
+        st.session_state["bundle_choice"] = next((label for label in labels if choices[label] == current), labels[0])
+        st.selectbox("Model bundle", labels, key="bundle_choice", help="Bundles in ./models appear here too.",
                      on_change=lambda: common.open_bundle(choices[st.session_state["bundle_choice"]]))
         with st.expander("Open another bundle"):
             path = st.text_input("Folder or .zip path", key="bundle_path_input")
-            if path and st.button("Open bundle", key="open_path"):
-                common.open_bundle(path)
-            upload = st.file_uploader("…or upload a bundle .zip", type=["zip"], key="bundle_upload")
-            if upload is not None and st.session_state.get("bundle_upload_seen") != upload.file_id:
-                st.session_state["bundle_upload_seen"] = upload.file_id  # open each upload once, not every rerun
-                target = Path(tempfile.gettempdir()) / f"cbm_upload_{upload.file_id}.zip"
-                target.write_bytes(upload.getvalue())
-                common.open_bundle(str(target))
+            if path:  # a callback, so the picker above already shows the new bundle on this rerun
+                st.button("Open bundle", key="open_path", on_click=common.open_bundle, args=(path,))
+            st.file_uploader("…or upload a bundle .zip", type=["zip"], key="bundle_upload", on_change=_open_upload)
         if st.session_state.get("bundle_error"):
             st.error(st.session_state["bundle_error"])
         pending = st.session_state.get("pending_trust")
