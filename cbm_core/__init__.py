@@ -16,6 +16,8 @@ from .bundle import load_bundle, read_manifest, save_bundle
 from .concepts import ConceptBank, FilterReport
 from .counterfactual import Counterfactual, counterfactual
 from .data import FeatureSet, ImageDataset, ImageRecord, extract_features
+from .store import FeatureStore, StoreError, write_store
+from .sources import FeatureSource, MappedSource, TensorSource
 from .edits import EditResult, adapt_concepts, prune_concepts, replay, set_weight
 from .baselines import random_concept_baseline
 from .evaluation import Metrics, compare, confusion_matrix, cooccurrence_warnings, evaluate
@@ -45,6 +47,7 @@ __all__ = [
     "Backbone", "ImageEncoding", "load_backbone", "register_model_config",
     "ConceptBank", "FilterReport",
     "ImageDataset", "ImageRecord", "FeatureSet", "extract_features",
+    "FeatureStore", "StoreError", "write_store", "FeatureSource", "TensorSource", "MappedSource",
     "PCBM", "PathPoint", "regularization_path", "build_cbm", "BuildResult",
     "Recipe", "RecipeInputs", "Param", "get_recipe", "list_recipes", "register_recipe",
     "ConceptLayer", "TextCosine", "LinearProjection", "SparseAutoencoderEncoder",

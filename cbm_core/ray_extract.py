@@ -15,8 +15,9 @@ Optional: ``pip install -r requirements-scale.txt`` (``ray[data]``); imported on
   the DataLoader path gives it and the features are bit-identical on a CPU. Bad images become
   ``(index, reason)`` reports, as in process.
 - **Where things run**: ``address=None`` starts a private local Ray (``ray.init(address="local",
-  num_cpus=..., include_dashboard=False)``, usage statistics off, nothing listening beyond this machine's
-  own processes) and shuts it down afterwards; an address (``ray://head:10001``, ``auto``, or
+  num_cpus=..., include_dashboard=False)``, usage statistics off, its ports bound to 127.0.0.1 when Ray
+  was not imported before — see ``ray_session``; token authentication on, Ray's default) and shuts it
+  down afterwards; an address (``ray://head:10001``, ``auto``, or
   ``RAY_ADDRESS``) connects to a running cluster, whose nodes need this package's dependencies
   (torch, open_clip) and the images at the same paths (a shared filesystem); ``cbm_core`` itself is
   shipped to them as a ``py_modules`` runtime environment. A Ray session already open in this process
@@ -32,6 +33,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -58,6 +60,11 @@ def require_ray():
 def ray_session(address: str | None = None, num_cpus: int | None = None, object_store_memory: int | None = None):
     """A Ray session for one extraction: the caller's if one is open, else a private local one
     (``address`` None) or a connection to the cluster at ``address``; closed again if opened here."""
+    if address is None and "ray" not in sys.modules:
+        # Read by Ray at import: a private local Ray then addresses itself as 127.0.0.1 and binds its ports
+        # there only (by default it uses, and listens on, the machine's network address). Set for this
+        # process, so a process that later connects to a cluster should set it to 1 itself.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     ray = require_ray()
     if ray.is_initialized():
         yield ray

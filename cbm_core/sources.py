@@ -147,3 +147,60 @@ def labels_of(labels, n: int) -> torch.Tensor:
     if len(labels) != n:
         raise ValueError(f"{n} feature rows but {len(labels)} labels")
     return labels
+
+
+class RowsSource:
+    """The rows ``rows`` (positions in ``source``) of another source, in that order."""
+
+    def __init__(self, source: FeatureSource, rows: torch.Tensor):
+        self.source, self.rows = source, torch.as_tensor(rows, dtype=torch.long)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def dim(self) -> int:
+        return self.source.dim
+
+    def iter_batches(self, batch_size: int = DEFAULT_CHUNK) -> Iterator[torch.Tensor]:
+        for start in range(0, len(self.rows), int(batch_size)):
+            yield self.source.take(self.rows[start:start + int(batch_size)])
+
+    def take(self, rows: torch.Tensor) -> torch.Tensor:
+        return self.source.take(self.rows[torch.as_tensor(rows, dtype=torch.long).cpu()])
+
+
+def source_key(source) -> tuple:
+    """What identifies a source's contents for a recipe's memo: a store's key and shard hashes, else
+    the object itself (a mapped or in-memory source is not hashed row by row)."""
+    manifest = getattr(source, "manifest", None)
+    if isinstance(manifest, dict):
+        return ("store", manifest.get("key"), tuple(e.get("sha256") for e in manifest.get("shards", {}).values()))
+    return ("source", id(source), len(source))
+
+
+def check_source_labels(source: FeatureSource, labels, n_classes: int) -> torch.Tensor:
+    """The streaming twin of ``recipes.base.check_training_data`` (a store checks its own values
+    finite when it reads them): labels as int64, one per row, in [0, n_classes)."""
+    from .errors import RecipeError
+
+    labels = torch.as_tensor(labels, dtype=torch.long)
+    if len(source) != len(labels):
+        raise RecipeError(f"{len(source)} feature rows but {len(labels)} labels.")
+    if len(source) == 0:
+        raise RecipeError("No training examples: every image was skipped or the dataset is empty.")
+    if int(labels.max()) >= n_classes or int(labels.min()) < 0:
+        raise RecipeError(f"Labels must lie in [0, {n_classes}); got {int(labels.min())}..{int(labels.max())}.")
+    return labels
+
+
+def column_top(source: FeatureSource, fn: Callable[[torch.Tensor], torch.Tensor], k: int = 5,
+               chunk: int = DEFAULT_CHUNK) -> torch.Tensor:
+    """The k largest values of each column of ``fn(batch)`` over every row, (k, K), sorted descending
+    (the same values ``topk`` gives on the whole matrix)."""
+    best = None
+    for x in source.iter_batches(chunk):
+        v = fn(x).float()
+        both = v if best is None else torch.cat([best, v])
+        best = both.topk(min(k, len(both)), dim=0).values
+    return best

@@ -93,22 +93,28 @@ class FeatureStore:
     shards are verified when first read. Implements ``cbm_core.sources.FeatureSource`` over the kept
     rows in record order (only when complete)."""
 
-    def __init__(self, root: Path, manifest: dict):
+    def __init__(self, root: Path, manifest: dict, cache_bytes: int = 512 * 2**20):
         self.root = Path(root)
         self.manifest = manifest
         self._verified: dict[int, str] = {}  # shard index -> sha256 it was verified against
         self._offsets = None
         self._labels = None
+        self._maps: dict[int, object] = {}  # memory maps for take()
+        # Shards kept in memory after reading, least recently used out first: a multi-pass solver over a
+        # store that fits reads the disk once; over one that does not, sequential passes simply stream.
+        self.cache_bytes = int(cache_bytes)
+        self._cache: dict[int, Shard] = {}
         self.last_write: dict | None = None  # what the write that returned this store did
 
     # -- opening and validation -----------------------------------------------------------------
     @classmethod
-    def open(cls, root: str | Path) -> "FeatureStore":
+    def open(cls, root: str | Path, cache_bytes: int = 512 * 2**20) -> "FeatureStore":
+        """Open and validate a store; ``cache_bytes`` of shards are kept in memory once read."""
         root = Path(root)
         path = root / MANIFEST
         if not path.is_file():
             raise StoreError(f"'{root}' is not a feature store (no {MANIFEST}).")
-        return cls(root, _check_manifest(_read_bounded(path, MAX_MANIFEST_BYTES, "manifest"), root))
+        return cls(root, _check_manifest(_read_bounded(path, MAX_MANIFEST_BYTES, "manifest"), root), cache_bytes)
 
     @property
     def key(self) -> str:
@@ -171,17 +177,32 @@ class FeatureStore:
         path = self.root / entry["file"]
         start, stop = self.shard_range(i)
         if self._verified.get(i) == entry["sha256"]:
+            if i in self._cache:
+                self._cache[i] = self._cache.pop(i)  # most recently used last
+                return self._cache[i]
             from safetensors import safe_open
 
             with safe_open(str(path), "pt") as f:
                 meta = f.metadata() or {}
                 tensors = {k: f.get_tensor(k) for k in ("embeddings", "labels", "kept")}
             _check_shapes(tensors, entry["rows"], self.dim, f"shard {i} of '{self.root}'")
-            return Shard(i, start, stop, tensors["embeddings"], tensors["labels"], tensors["kept"],
-                         _skipped(meta, entry["skipped"], f"shard {i}"))
-        shard = _verify_shard(path, entry, i, start, stop, self.dim, len(self.classes) or None)
-        self._verified[i] = entry["sha256"]
+            shard = Shard(i, start, stop, tensors["embeddings"], tensors["labels"], tensors["kept"],
+                          _skipped(meta, entry["skipped"], f"shard {i}"))
+        else:
+            shard = _verify_shard(path, entry, i, start, stop, self.dim, len(self.classes) or None)
+            self._verified[i] = entry["sha256"]
+        self._keep(i, shard)
         return shard
+
+    def _keep(self, i: int, shard: Shard) -> None:
+        size = lambda s: s.embeddings.numel() * 4 + s.kept.numel() * 16  # noqa: E731
+        if size(shard) > self.cache_bytes:
+            return
+        self._cache[i] = shard
+        total = sum(size(s) for s in self._cache.values())
+        while total > self.cache_bytes:
+            oldest = next(iter(self._cache))
+            total -= size(self._cache.pop(oldest))
 
     def verify(self) -> list[int]:
         """Read every listed shard once; return the indices of those that fail (damaged, missing).
@@ -243,6 +264,13 @@ class FeatureStore:
         return out
 
     def _memmap(self, i: int):
+        if i in self._cache:
+            return self._cache[i].embeddings.numpy()
+        if i not in self._maps:
+            self._maps[i] = self._open_map(i)
+        return self._maps[i]
+
+    def _open_map(self, i: int):
         import numpy as np
 
         entry = self.manifest["shards"][str(i)]
@@ -515,6 +543,8 @@ class _ShardWriter:
         _fsync_write(root / MANIFEST, json.dumps(m, indent=1).encode())
         self.store._verified[s] = m["shards"][str(s)]["sha256"]  # we wrote these bytes ourselves
         self.store._offsets = self.store._labels = None
+        self.store._cache.pop(s, None)
+        self.store._maps.pop(s, None)
         self.written.append(s)
 
 

@@ -13,6 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
+# before Ray is imported: the local Ray binds to 127.0.0.1 only, and reports no usage statistics
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 ray = pytest.importorskip("ray")
 pytest.importorskip("ray.data")
 
@@ -24,11 +27,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def local_ray():
-    """One local Ray for the module (start-up takes seconds): 2 CPUs, no dashboard, no usage stats;
-    the workers import cbm_core from this checkout."""
+    """One local Ray for the module (start-up takes seconds): 2 CPUs, no dashboard, no usage stats,
+    on 127.0.0.1; the workers import cbm_core from this checkout."""
     if ray.is_initialized():
         ray.shutdown()
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     t = time.perf_counter()
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
              runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})

@@ -280,3 +280,97 @@ def test_ray_engine_without_ray_says_how_to_install(monkeypatch, birds, tiny_vit
     monkeypatch.setattr(builtins, "__import__", no_ray)
     with pytest.raises(CBMError, match="requirements-scale.txt"):
         extract_features(tiny_vit, birds, engine="ray", use_cache=False)
+
+
+# -- recipes that train from the store ---------------------------------------------------------
+@pytest.fixture(scope="module")
+def train_store(tmp_path_factory, birds, tiny_vit):
+    """The birds' features as a 5-shard store (16 records a shard) and in memory."""
+    store = write_store(tiny_vit, birds, tmp_path_factory.mktemp("train") / "s", shard_size=16, batch_size=8,
+                        num_workers=0)
+    feats = store.load(birds)
+    return FeatureStore.open(store.root), feats.embeddings, feats.labels, len(birds.classes)
+
+
+def test_elastic_net_from_shards_takes_the_in_memory_steps(train_store):
+    """Chunked full batch: every sum over rows is taken 10 rows at a time across 5 shards, so the
+    gradients equal the in-memory ones up to float rounding (~1e-7). FISTA's momentum lets such
+    differences grow over hundreds of steps, so the iterates are compared early (50 steps, 1e-6)
+    and the converged fits at the solver's tolerance (the standardisation itself differs by ~1e-7:
+    the store's statistics are float64 sums over shards)."""
+    from cbm_core.recipes.elastic_net import fit_elastic_net, lambda_max, lipschitz
+    from cbm_core.sources import MappedSource, column_stats
+
+    store, X, y, C = train_store
+    m = column_stats(store)
+    # the recipes' heads see standardised scores; so does this test (a better-conditioned problem)
+    Z = (X - X.mean(0)) / X.std(0, unbiased=False)
+    source = MappedSource(store, lambda x: (x - m["mean"]) / m["std"], store.dim)
+    assert abs(lipschitz(source, chunk_size=10) - lipschitz(Z)) < 1e-5 * lipschitz(Z)
+    assert abs(lambda_max(source, y, C, 0.99, chunk_size=10) - lambda_max(Z, y, C, 0.99)) < 1e-6
+    lam = 0.1 * lambda_max(Z, y, C, 0.99)
+    step = 1.0 / lipschitz(Z)
+    a = fit_elastic_net(Z, y, C, lam, max_iter=50, tol=0.0, step_size=step)
+    b = fit_elastic_net(source, y, C, lam, max_iter=50, tol=0.0, step_size=step, chunk_size=10)
+    assert a.n_iter == b.n_iter == 50
+    assert (a.weight - b.weight).abs().max() < 5e-6 and (a.bias - b.bias).abs().max() < 5e-6
+    assert abs(a.objective - b.objective) < 1e-6
+    a = fit_elastic_net(Z, y, C, lam)
+    b = fit_elastic_net(source, y, C, lam, chunk_size=10)
+    assert a.converged and b.converged
+    assert torch.equal(a.weight == 0, b.weight == 0)  # the same concepts per class
+    assert (a.weight - b.weight).abs().max() < 1e-4 * a.weight.abs().max()
+    assert abs(a.objective - b.objective) < 1e-6 * a.objective
+
+
+def _concepts(dim, k=12, seed=1):
+    from cbm_core.concepts import ConceptBank
+
+    g = torch.Generator().manual_seed(seed)
+    vectors = torch.nn.functional.normalize(torch.randn(k, dim, generator=g), dim=1)
+    return ConceptBank(tuple(f"concept {i}" for i in range(k))), vectors
+
+
+@pytest.mark.parametrize("proj_batch_size", [20, 50_000])  # mini-batches drawn with take(); one batch of all rows
+def test_label_free_cbm_from_shards_matches_the_in_memory_fit(train_store, birds, proj_batch_size):
+    from cbm_core.recipes.label_free import LabelFreeCBM
+
+    store, X, y, C = train_store
+    bank, vectors = _concepts(X.shape[1])
+
+    def fit(features):
+        return LabelFreeCBM(concepts=bank, concept_vectors=vectors, classes=birds.classes, backbone_spec="tiny-vit",
+                            proj_steps=120, proj_batch_size=proj_batch_size, interpretability_cutoff=-1.0,
+                            lam=0.01).fit(features, y)
+
+    a, b = fit(X), fit(store)
+    assert a.concepts_.names == b.concepts_.names and a.n_steps_ == b.n_steps_
+    assert torch.allclose(a.projection_, b.projection_, atol=1e-5)
+    assert torch.allclose(a.stats_.mean, b.stats_.mean, atol=1e-5)
+    assert torch.allclose(a.stats_.std, b.stats_.std, atol=1e-5)
+    assert torch.allclose(a.stats_.quantiles, b.stats_.quantiles, atol=1e-5)  # every row sampled: exact percentiles
+    assert torch.allclose(a.coef_, b.coef_, atol=1e-4) and torch.allclose(a.intercept_, b.intercept_, atol=1e-4)
+    assert a.model_.metrics["train_accuracy"] == pytest.approx(b.model_.metrics["train_accuracy"], abs=1e-6)
+    assert torch.allclose(a.model_.predict_proba(X), b.model_.predict_proba(X), atol=1e-4)
+
+
+def test_dn_cbm_sae_from_shards_matches_the_in_memory_fit(train_store, birds):
+    from cbm_core.recipes.dn_cbm import DNCBM
+
+    store, X, y, C = train_store
+    words = tuple(f"word {i}" for i in range(40))
+    _, vocab = _concepts(X.shape[1], k=len(words), seed=2)
+
+    def fit(features):
+        return DNCBM(vocabulary=words, vocab_vectors=vocab, classes=birds.classes, backbone_spec="tiny-vit",
+                     expansion=2, sae_epochs=12, sae_batch_size=16, resample_every=4, lam=0.01).fit(features, y)
+
+    a, b = fit(X), fit(store)
+    sa, sb = a.sae_, b.sae_
+    for name in ("encoder_weight", "encoder_bias", "decoder_weight", "decoder_bias"):
+        assert torch.allclose(getattr(sa, name), getattr(sb, name), atol=1e-5), name
+    assert a.resampled_ == b.resampled_ and a.dead_latents_ == b.dead_latents_
+    assert a.concepts_.names == b.concepts_.names
+    assert abs(a.model_.recipe["sae"]["fvu_train"] - b.model_.recipe["sae"]["fvu_train"]) < 1e-5
+    assert torch.allclose(a.coef_, b.coef_, atol=1e-4)
+    assert torch.allclose(a.model_.predict_proba(X), b.model_.predict_proba(X), atol=1e-4)

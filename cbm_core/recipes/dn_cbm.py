@@ -50,7 +50,9 @@ from ..errors import RecipeError
 from ..model import ConceptBottleneckModel
 from .base import (Param, Recipe, RecipeInputs, check_finite_fit, check_training_data, created_info, pick_device,
                    register_recipe, standardized)
-from .elastic_net import accuracy, fit_elastic_net, regularization_path
+from ..sources import (check_source_labels, column_stats, is_source, source_key,
+                       standardized_source)
+from .elastic_net import accuracy, fit_elastic_net, head_accuracy, regularization_path
 from .label_free import _fingerprint
 
 
@@ -103,21 +105,38 @@ class SAEFit:
     resampled: tuple[tuple[int, tuple[int, ...]], ...] = field(default=())
 
 
+def _rows(X, rows: torch.Tensor, dev) -> torch.Tensor:
+    """X[rows] for a tensor, ``X.take(rows)`` for a ``FeatureSource``; on ``dev``."""
+    return X.take(rows).float().to(dev) if is_source(X) else X[rows.to(dev)]
+
+
 def train_sae(X: torch.Tensor, n_latents: int, *, l1: float = 0.1, steps: int = 3000, lr: float = 1e-3,
               batch_size: int = 512, resample_every: int = 500, generator: torch.Generator | None = None,
-              init: SparseAutoencoder | None = None, log_every: int = 50) -> SAEFit:
+              init: SparseAutoencoder | None = None, log_every: int = 50,
+              device: str | torch.device | None = None) -> SAEFit:
     """Train a sparse autoencoder on X (N, D) (see the module docstring). ``init`` starts from a
-    given SAE instead of the seeded random init; ``resample_every = 0`` turns resampling off."""
+    given SAE instead of the seeded random init; ``resample_every = 0`` turns resampling off.
+
+    X may be a ``FeatureSource`` (a store): its mean and spread come from two streaming passes and
+    each step reads its batch with ``take`` — the same seeded batches as in memory — on ``device``."""
     g = generator if generator is not None else torch.Generator().manual_seed(0)
-    X = X.float()
-    dev = X.device
-    N, D = X.shape
-    centred = X - X.mean(0)
-    var = (centred ** 2).sum(1).mean().clamp_min(1e-12)  # E‖x - x̄‖²
+    if is_source(X):
+        dev = torch.device(device or "cpu")
+        N, D = len(X), X.dim
+        moments = column_stats(X)
+        mean = moments["mean"].to(dev)
+        var = (moments["std"].double() ** 2).sum().float().to(dev).clamp_min(1e-12)  # E‖x - x̄‖²
+    else:
+        X = X.float()
+        dev = X.device
+        N, D = X.shape
+        mean = X.mean(0)
+        centred = X - mean
+        var = (centred ** 2).sum(1).mean().clamp_min(1e-12)  # E‖x - x̄‖²
     rms = var.sqrt()
     if init is None:
         W_dec = torch.nn.functional.normalize(torch.randn(D, n_latents, generator=g), dim=0).to(dev)
-        params = [W_dec.T.clone(), torch.zeros(n_latents, device=dev), W_dec, X.mean(0).clone()]
+        params = [W_dec.T.clone(), torch.zeros(n_latents, device=dev), W_dec, mean.clone()]
     else:
         params = [t.detach().float().clone().to(dev) for t in
                   (init.encoder_weight, init.encoder_bias, init.decoder_weight, init.decoder_bias)]
@@ -131,7 +150,7 @@ def train_sae(X: torch.Tensor, n_latents: int, *, l1: float = 0.1, steps: int = 
     for step in range(1, steps + 1):
         if pos + batch > N:  # epochs of seeded shuffles
             order, pos = torch.randperm(N, generator=g), 0
-        xb = X[order[pos:pos + batch].to(dev)]
+        xb = _rows(X, order[pos:pos + batch], dev)
         pos += batch
         f = ((xb - b_dec) @ W_enc.T + b_enc).relu()
         err = ((xb - (f @ W_dec.T + b_dec)) ** 2).sum(1)
@@ -160,14 +179,14 @@ def train_sae(X: torch.Tensor, n_latents: int, *, l1: float = 0.1, steps: int = 
 @torch.no_grad()
 def _resample(X, dead, W_enc, b_enc, W_dec, b_dec, alive, opt, g):
     """Re-initialise ``dead`` latents toward inputs the SAE reconstructs worst (in place)."""
-    rows = torch.randperm(len(X), generator=g)[:8192].to(X.device)
-    xs = X[rows]
+    dev = W_enc.device
+    xs = _rows(X, torch.randperm(len(X), generator=g)[:8192], dev)
     f = ((xs - b_dec) @ W_enc.T + b_enc).relu()
     err = ((xs - (f @ W_dec.T + b_dec)) ** 2).sum(1)
     weights = (err ** 2).cpu().double()
     if not bool(weights.sum() > 0):
         weights = torch.ones_like(weights)
-    pick = torch.multinomial(weights, len(dead), replacement=len(dead) > len(xs), generator=g).to(X.device)
+    pick = torch.multinomial(weights, len(dead), replacement=len(dead) > len(xs), generator=g).to(dev)
     direction = torch.nn.functional.normalize(xs[pick] - b_dec, dim=1)  # (n_dead, D)
     enc_norm = W_enc[alive].norm(dim=1).mean()
     W_dec[:, dead] = direction.T
@@ -178,6 +197,31 @@ def _resample(X, dead, W_enc, b_enc, W_dec, b_dec, alive, opt, g):
         for key in ("exp_avg", "exp_avg_sq"):
             if key in state:
                 state[key].index_fill_(dim, index, 0.0)
+
+
+def _ever_active(sae: SparseAutoencoder, X) -> torch.Tensor:
+    """(F,) bool: latents active on any row of a ``FeatureSource``."""
+    active = torch.zeros(sae.n_latents, dtype=torch.bool)
+    for xb in X.iter_batches(8192):
+        active |= (sae.encode(xb.float().cpu()) > 0).any(0)
+    return active
+
+
+def _fvu(sae: SparseAutoencoder, X) -> float:
+    """``SparseAutoencoder.fvu`` over a ``FeatureSource``, streamed."""
+    mean = column_stats(X)["mean"]
+    err = tot = 0.0
+    for xb in X.iter_batches(8192):
+        xb = xb.float().cpu()
+        err += float(((xb - sae.decode(sae.encode(xb))) ** 2).sum())
+        tot += float(((xb - mean) ** 2).sum())
+    return err / max(tot, 1e-12)
+
+
+def _l0(sae: SparseAutoencoder, X) -> float:
+    """``SparseAutoencoder.l0`` over a ``FeatureSource``, streamed."""
+    active = sum(float((sae.encode(xb.float().cpu()) > 0).float().sum()) for xb in X.iter_batches(8192))
+    return active / len(X)
 
 
 # -- naming ---------------------------------------------------------------------------------------
@@ -313,26 +357,28 @@ class DNCBM(Recipe):
                    **cls.check_params(params))
 
     def _stage(self, features: torch.Tensor, val_features: torch.Tensor | None) -> _Stage:
-        key = _fingerprint(features, val_features, self.vocab_vectors, tuple(self.vocabulary),
+        streaming = is_source(features)
+        ident = lambda f: source_key(f) if is_source(f) else f  # noqa: E731
+        key = _fingerprint(ident(features), ident(val_features), self.vocab_vectors, tuple(self.vocabulary),
                            {k: v for k, v in self.get_params().items() if k not in ("lam", "l1_ratio", "max_iter")})
         memo = getattr(self, "_stage_memo", None)
         if memo is not None and memo[0] == key:
             return memo[1]
         vectors = torch.as_tensor(self.vocab_vectors).float().cpu()
-        if vectors.shape != (len(self.vocabulary), features.shape[1]):
-            raise RecipeError(f"vocab_vectors must be ({len(self.vocabulary)}, {features.shape[1]}); "
-                              f"got {tuple(vectors.shape)}.")
+        D = features.dim if streaming else features.shape[1]
+        if vectors.shape != (len(self.vocabulary), D):
+            raise RecipeError(f"vocab_vectors must be ({len(self.vocabulary)}, {D}); got {tuple(vectors.shape)}.")
         device = pick_device(self.device)
         g = torch.Generator().manual_seed(int(self.seed))
-        n_latents = int(self.expansion) * features.shape[1]
+        n_latents = int(self.expansion) * D
         per_epoch = max(1, len(features) // min(int(self.sae_batch_size), len(features)))
-        fit = train_sae(features.float().to(device), n_latents, l1=self.sae_l1, steps=int(self.sae_epochs) * per_epoch,
-                        lr=self.sae_lr, batch_size=self.sae_batch_size,
-                        resample_every=int(self.resample_every) * per_epoch, generator=g)
+        fit = train_sae(features if streaming else features.float().to(device), n_latents, l1=self.sae_l1,
+                        steps=int(self.sae_epochs) * per_epoch, lr=self.sae_lr, batch_size=self.sae_batch_size,
+                        resample_every=int(self.resample_every) * per_epoch, generator=g, device=device)
         sae = SparseAutoencoder(*(t.cpu() for t in (fit.sae.encoder_weight, fit.sae.encoder_bias,
                                                      fit.sae.decoder_weight, fit.sae.decoder_bias)))
-        X = features.float().cpu()
-        active = (sae.encode(X) > 0).any(0)
+        X = features if streaming else features.float().cpu()
+        active = _ever_active(sae, X) if streaming else (sae.encode(X) > 0).any(0)
         live = tuple(int(i) for i in active.nonzero().flatten())
         dead = tuple(int(i) for i in (~active).nonzero().flatten())
         if not live:
@@ -344,23 +390,35 @@ class DNCBM(Recipe):
         info = {"n_latents": n_latents, "n_live": len(live), "n_dead": len(dead),
                 "n_unnamed": sum(n.startswith("(unnamed latent") for n in names),
                 "n_resampled": sum(len(ix) for _, ix in fit.resampled), "resamplings": len(fit.resampled),
-                "fvu_train": sae.fvu(X), "l0_train": sae.l0(X),
+                "fvu_train": _fvu(sae, X) if streaming else sae.fvu(X),
+                "l0_train": _l0(sae, X) if streaming else sae.l0(X),
                 "name_similarity_mean": float(torch.tensor(sims).mean())}
         if val_features is not None and len(val_features) > 0:
-            info["fvu_val"] = sae.fvu(val_features.float().cpu())
-            info["l0_val"] = sae.l0(val_features.float().cpu())
+            if is_source(val_features):
+                info["fvu_val"], info["l0_val"] = _fvu(sae, val_features), _l0(sae, val_features)
+            else:
+                info["fvu_val"] = sae.fvu(val_features.float().cpu())
+                info["l0_val"] = sae.l0(val_features.float().cpu())
         stage = _Stage(fit, bank, sae.layer(live), live, dead, info)
         self._stage_memo = (key, stage)
         return stage
 
     def fit(self, features: torch.Tensor, labels: torch.Tensor, *, val_features: torch.Tensor | None = None,
             val_labels: torch.Tensor | None = None, **_) -> "DNCBM":
-        labels = check_training_data(features, labels, len(self.classes))
+        """features: (N, D) tensor, or a ``FeatureSource`` such as a ``FeatureStore`` (with
+        ``labels=store.labels``), which is streamed: never loaded whole (see ``cbm_core.sources``)."""
+        streaming = is_source(features)
+        labels = (check_source_labels if streaming else check_training_data)(features, labels, len(self.classes))
         device = pick_device(self.device)
         stage = self._stage(features, val_features)
-        stats, z = standardized(stage.layer(features.float().cpu()), stage.bank.names)
-        res = fit_elastic_net(z.to(device), labels.to(device), len(self.classes), self.lam, self.l1_ratio,
-                              max_iter=self.max_iter, tol=self.tol)
+        if streaming:
+            stats, z = standardized_source(stage.layer, stage.bank.names, features, len(stage.bank))
+            res = fit_elastic_net(z, labels, len(self.classes), self.lam, self.l1_ratio, max_iter=self.max_iter,
+                                  tol=self.tol, device=device)
+        else:
+            stats, z = standardized(stage.layer(features.float().cpu()), stage.bank.names)
+            res = fit_elastic_net(z.to(device), labels.to(device), len(self.classes), self.lam, self.l1_ratio,
+                                  max_iter=self.max_iter, tol=self.tol)
         weight, bias = res.weight.cpu(), res.bias.cpu()
         check_finite_fit(self.name, encoder=stage.layer.weight, weight=weight, bias=bias)
         self.sae_ = stage.sae_fit.sae
@@ -382,7 +440,8 @@ class DNCBM(Recipe):
             recipe={"name": self.name, **self.get_params(), "tol": self.tol, "n_iter": res.n_iter,
                     "converged": res.converged, "warnings": warnings, "sae": info,
                     "latent_ids": list(stage.live), "dropped_latents": list(stage.dead)},
-            metrics={"train_accuracy": accuracy(z @ weight.T + bias, labels),
+            metrics={"train_accuracy": head_accuracy(z, labels, weight, bias) if streaming
+                     else accuracy(z @ weight.T + bias, labels),
                      **{f"sae_{k}": v for k, v in info.items() if k.startswith(("fvu", "l0"))}},
             created=created_info(device),
         )
@@ -392,9 +451,13 @@ class DNCBM(Recipe):
              val_labels: torch.Tensor | None = None, n_points: int = 12, progress=None):
         """The λ path over the named latents (a list of ``PathPoint``); the SAE is the one ``fit``
         uses on the same data (trained once)."""
-        labels = check_training_data(features, labels, len(self.classes))
+        streaming = is_source(features)
+        labels = (check_source_labels if streaming else check_training_data)(features, labels, len(self.classes))
         stage = self._stage(features, val_features)
-        stats, z = standardized(stage.layer(features.float().cpu()), stage.bank.names)
+        if streaming:
+            stats, z = standardized_source(stage.layer, stage.bank.names, features, len(stage.bank))
+        else:
+            stats, z = standardized(stage.layer(features.float().cpu()), stage.bank.names)
         z_val = (stage.layer(val_features.float().cpu()) - stats.mean) / stats.std if val_features is not None else None
         points, _ = regularization_path(z, labels, len(self.classes), l1_ratio=self.l1_ratio, n_lambdas=n_points,
                                         X_val=z_val, progress=progress,

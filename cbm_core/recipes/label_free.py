@@ -73,7 +73,9 @@ from ..errors import RecipeError
 from ..model import ConceptBottleneckModel
 from .base import (Param, Recipe, RecipeInputs, check_finite_fit, check_training_data, created_info, pick_device,
                    register_recipe, standardized)
-from .elastic_net import accuracy, fit_elastic_net, regularization_path
+from ..sources import (MappedSource, RowsSource, check_source_labels, column_stats, column_top, is_source,
+                       sample_rows, source_key, standardized_source)
+from .elastic_net import accuracy, fit_elastic_net, head_accuracy, regularization_path
 
 # Measured on Toy Birds (train split, 4,000 images, demo model, "a bird with {}."). Concept list =
 # the 324-entry assets/toybirds_vocabulary.txt: the 26 world concepts have r in [0.42, 0.79]; 61
@@ -122,24 +124,42 @@ class ProjectionFit:
     history: tuple[tuple[int, float, float], ...]
 
 
-def train_projection(X: torch.Tensor, P: torch.Tensor, X_val: torch.Tensor, P_val: torch.Tensor, *, steps: int = 1000,
-                     lr: float = 1e-3, batch_size: int = 50_000, check_every: int = _CHECK_EVERY,
-                     generator: torch.Generator | None = None) -> ProjectionFit:
+def train_projection(X: torch.Tensor, P: torch.Tensor | None, X_val: torch.Tensor, P_val: torch.Tensor, *,
+                     steps: int = 1000, lr: float = 1e-3, batch_size: int = 50_000, check_every: int = _CHECK_EVERY,
+                     generator: torch.Generator | None = None, vectors: torch.Tensor | None = None,
+                     device: str | torch.device | None = None) -> ProjectionFit:
     """Train W_c so that ``X @ W_c.T`` matches P (N, K) in cos³ similarity (Adam). X: (N, D);
     X_val, P_val: the validation images and their targets. Stops at the first validation check
-    (every ``check_every`` steps, and at the last step) that does not improve on the best so far."""
+    (every ``check_every`` steps, and at the last step) that does not improve on the best so far.
+
+    X may be a ``FeatureSource`` (a store) with P None and ``vectors`` (K, D): each step reads its
+    batch with ``take`` (the same seeded rows as in memory) and computes its targets ``xb @ vectors.T``;
+    the cos³ loss is per batch anyway, so nothing needs the whole of X. On ``device`` (default CPU)."""
     g = generator if generator is not None else torch.Generator().manual_seed(0)
-    N, D = X.shape
-    K = P.shape[1]
+    streaming = is_source(X)
+    N, D = (len(X), X.dim) if streaming else X.shape
+    K = vectors.shape[0] if streaming else P.shape[1]
+    dev = torch.device(device or "cpu") if streaming else X.device
     # nn.Linear's default init, U(-1/sqrt(D), 1/sqrt(D)), drawn from our own generator
-    W = ((torch.rand(K, D, generator=g) * 2 - 1) / D ** 0.5).to(X.device).requires_grad_(True)
+    W = ((torch.rand(K, D, generator=g) * 2 - 1) / D ** 0.5).to(dev).requires_grad_(True)
     opt = torch.optim.Adam([W], lr=lr)
     batch = min(int(batch_size), N)
     best, best_W, best_step, history, stopped, step = None, None, 0, [], False, 0
+    whole = None
     for step in range(steps):
         if batch < N:
-            rows = torch.randperm(N, generator=g)[:batch].to(X.device)
-            xb, pb = X[rows], P[rows]
+            rows = torch.randperm(N, generator=g)[:batch]
+            if streaming:
+                xb = X.take(rows).to(dev)
+                pb = xb @ vectors.T
+            else:
+                rows = rows.to(X.device)
+                xb, pb = X[rows], P[rows]
+        elif streaming:  # one batch is every row: read them once
+            if whole is None:
+                xw = X.take(torch.arange(N)).to(dev)
+                whole = (xw, xw @ vectors.T)
+            xb, pb = whole
         else:
             xb, pb = X, P
         loss = cos_cubed_loss(pb, xb @ W.T)
@@ -158,18 +178,19 @@ def train_projection(X: torch.Tensor, P: torch.Tensor, X_val: torch.Tensor, P_va
     return ProjectionFit(best_W, step + 1, best_step, stopped, tuple(history))
 
 
-def _top5_filter(bank: ConceptBank, vectors: torch.Tensor, P: torch.Tensor, mode: str, cutoff: float,
-                 relative: float):
+def _top5_filter(bank: ConceptBank, vectors: torch.Tensor, P: torch.Tensor | None, mode: str, cutoff: float,
+                 relative: float, *, top5: torch.Tensor | None = None, typical: torch.Tensor | None = None):
     """Label-free CBM's low-activation filter (see the module docstring). P: (N, K) image-concept
-    similarities. Returns (bank, vectors, P, report)."""
+    similarities, or None with ``top5`` (K,) and ``typical`` (the median of P) computed by streaming.
+    Returns (bank, vectors, P, report)."""
     if mode == "off":
         return bank, vectors, P, FilterReport()
-    top5 = top5_activation(P)
+    top5 = top5_activation(P) if top5 is None else top5
     if mode == "absolute":
         drop = top5 <= cutoff
         why = [f"top-5 mean CLIP activation {float(v):.3f} ≤ {cutoff:g}" for v in top5]
     else:
-        typical, best = P.float().median(), top5.max()
+        typical, best = (P.float().median() if typical is None else typical), top5.max()
         r = (top5 - typical) / (best - typical).clamp_min(1e-12)
         drop = (r <= relative) & (best > typical)  # no spread at all: nothing to compare with
         why = [f"top-5 mean CLIP activation {float(v):.3f} is only {float(ri):.2f} of the way from the typical "
@@ -177,9 +198,10 @@ def _top5_filter(bank: ConceptBank, vectors: torch.Tensor, P: torch.Tensor, mode
                for v, ri in zip(top5, r)]
     keep = [i for i in range(len(bank)) if not bool(drop[i])]
     report = FilterReport(tuple((bank.names[i], why[i]) for i in range(len(bank)) if bool(drop[i])))
+    cut = (lambda m: m[:, keep] if m is not None else None)  # noqa: E731
     if not keep:
-        return None, vectors[keep], P[:, keep], report
-    return bank.subset(keep), vectors[keep], P[:, keep], report
+        return None, vectors[keep], cut(P), report
+    return bank.subset(keep), vectors[keep], cut(P), report
 
 
 def _holdout(n: int, fraction: float, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -323,7 +345,10 @@ class LabelFreeCBM(Recipe):
 
     # -- the concept stage: filters, projection, interpretability cut ------------------------------
     def _concept_stage(self, features: torch.Tensor, val_features: torch.Tensor | None) -> _Layer:
-        key = _fingerprint(features, val_features, self.concept_vectors, self.class_vectors, self.filter_vectors,
+        streaming = is_source(features)
+        ident = lambda f: source_key(f) if is_source(f) else f  # noqa: E731
+        key = _fingerprint(ident(features), ident(val_features), self.concept_vectors, self.class_vectors,
+                           self.filter_vectors,
                            self.concepts.names,
                            {k: v for k, v in self.get_params().items() if k not in ("lam", "l1_ratio", "max_iter")})
         memo = getattr(self, "_stage_memo", None)
@@ -332,9 +357,9 @@ class LabelFreeCBM(Recipe):
         device = pick_device(self.device)
         bank = self.concepts
         vectors = torch.as_tensor(self.concept_vectors).float().cpu()
-        if vectors.shape != (len(bank), features.shape[1]):
-            raise RecipeError(f"concept_vectors must be ({len(bank)}, {features.shape[1]}); "
-                              f"got {tuple(vectors.shape)}.")
+        D = features.dim if streaming else features.shape[1]
+        if vectors.shape != (len(bank), D):
+            raise RecipeError(f"concept_vectors must be ({len(bank)}, {D}); got {tuple(vectors.shape)}.")
         # the text filters compare bare names (the paper's thresholds were set that way; a shared prompt
         # template lifts every cosine); P uses the vectors with the templates
         text = vectors if self.filter_vectors is None else torch.as_tensor(self.filter_vectors).float().cpu()
@@ -378,18 +403,35 @@ class LabelFreeCBM(Recipe):
             bank, _, r = bank.filter_near_duplicates(text[rows(bank)], self.duplicate_cutoff)
             report, counts["near_duplicate"] = report + r, len(r)
         vectors = vectors[rows(bank)]
-        X = features.float().to(device)
-        P = X @ vectors.to(device).T
-        bank, vectors, P, r = _top5_filter(bank, vectors, P, self.top5_mode, self.top5_cutoff,
-                                           self.top5_relative)
+        if streaming:  # the filter's two statistics, without the (N, K) similarity matrix
+            V = vectors.to(device)
+            sims = lambda x: x.float().to(device) @ V.T  # noqa: E731
+            top5 = column_top(features, sims, 5).mean(dim=0) if self.top5_mode != "off" else None
+            typical = sims(features.take(sample_rows(len(features)))).median() if self.top5_mode == "relative" else None
+            X = P = None
+            bank, vectors, _, r = _top5_filter(bank, vectors, None, self.top5_mode, self.top5_cutoff,
+                                               self.top5_relative, top5=top5, typical=typical)
+        else:
+            X = features.float().to(device)
+            P = X @ vectors.to(device).T
+            bank, vectors, P, r = _top5_filter(bank, vectors, P, self.top5_mode, self.top5_cutoff,
+                                               self.top5_relative)
         report, counts["low_activation"] = report + r, len(r)
         if bank is None:
             raise RecipeError(f"The low-activation filter removed every concept; set top5_mode to 'off' or loosen "
                               f"top5_relative / top5_cutoff. ({_reasons(report)})")
         g = torch.Generator().manual_seed(int(self.seed))
         if val_features is not None and len(val_features) > 0:
-            X_tr, P_tr = X, P
-            X_val = val_features.float().to(device)
+            X_tr, P_tr = (features, None) if streaming else (X, P)
+            X_val = (val_features.take(torch.arange(len(val_features))) if is_source(val_features)
+                     else val_features).float().to(device)
+            P_val = X_val @ vectors.to(device).T
+        elif streaming:  # the validation rows (10 %) are read into memory; training batches come from the source
+            tr, va = _holdout(len(features), 0.1, g)
+            if len(va) == 0:
+                raise RecipeError("Label-free CBM needs at least 2 training images (one to validate the projection).")
+            X_tr, P_tr = RowsSource(features, tr), None
+            X_val = features.take(va).float().to(device)
             P_val = X_val @ vectors.to(device).T
         else:  # the paper validates on a separate split; without one, hold out 10 % (seeded)
             tr, va = _holdout(len(X), 0.1, g)
@@ -397,7 +439,8 @@ class LabelFreeCBM(Recipe):
                 raise RecipeError("Label-free CBM needs at least 2 training images (one to validate the projection).")
             X_tr, P_tr, X_val, P_val = X[tr.to(device)], P[tr.to(device)], X[va.to(device)], P[va.to(device)]
         proj = train_projection(X_tr, P_tr, X_val, P_val, steps=self.proj_steps, lr=self.proj_lr,
-                                batch_size=self.proj_batch_size, generator=g)
+                                batch_size=self.proj_batch_size, generator=g,
+                                vectors=vectors.to(device) if streaming else None, device=device)
         with torch.no_grad():
             sim = cos_cubed_similarity(P_val, X_val @ proj.weight.T).cpu()
         interpretable = sim > self.interpretability_cutoff
@@ -417,11 +460,18 @@ class LabelFreeCBM(Recipe):
         bias = None
         if self.calibrate:
             # a positive rescale and a shift per concept: scores then have the mean / std of the CLIP similarities
-            s = features.float().cpu() @ W.T
-            target = features.float().cpu() @ vectors.T
-            scale = target.std(0, unbiased=False) / s.std(0, unbiased=False).clamp_min(1e-12)
-            W = W * scale[:, None]
-            bias = target.mean(0) - s.mean(0) * scale
+            if streaming:
+                s = column_stats(MappedSource(features, lambda x: x.float().cpu() @ W.T, len(W)))
+                target = column_stats(MappedSource(features, lambda x: x.float().cpu() @ vectors.T, len(W)))
+                scale = target["std"] / s["std"].clamp_min(1e-12)
+                W = W * scale[:, None]
+                bias = target["mean"] - s["mean"] * scale
+            else:
+                s = features.float().cpu() @ W.T
+                target = features.float().cpu() @ vectors.T
+                scale = target.std(0, unbiased=False) / s.std(0, unbiased=False).clamp_min(1e-12)
+                W = W * scale[:, None]
+                bias = target.mean(0) - s.mean(0) * scale
         counts["kept"] = len(bank)
         bank = ConceptBank(bank.names, tuple(f"{src} · kept by lf-cbm filters" for src in bank.sources))
         stage = _Layer(bank, LinearProjection(W.contiguous(), bias), report, proj, sim, text_cos, counts)
@@ -430,13 +480,21 @@ class LabelFreeCBM(Recipe):
 
     def fit(self, features: torch.Tensor, labels: torch.Tensor, *, val_features: torch.Tensor | None = None,
             val_labels: torch.Tensor | None = None, **_) -> "LabelFreeCBM":
-        labels = check_training_data(features, labels, len(self.classes))
+        """features: (N, D) tensor, or a ``FeatureSource`` such as a ``FeatureStore`` (with
+        ``labels=store.labels``), which is streamed: never loaded whole (see ``cbm_core.sources``)."""
+        streaming = is_source(features)
+        labels = (check_source_labels if streaming else check_training_data)(features, labels, len(self.classes))
         device = pick_device(self.device)
         stage = self._concept_stage(features, val_features)
         layer = stage.layer
-        stats, z = standardized(layer(features.float()), stage.bank.names)
-        res = fit_elastic_net(z.to(device), labels.to(device), len(self.classes), self.lam, self.l1_ratio,
-                              max_iter=self.max_iter, tol=self.tol)
+        if streaming:
+            stats, z = standardized_source(layer, stage.bank.names, features, len(stage.bank))
+            res = fit_elastic_net(z, labels, len(self.classes), self.lam, self.l1_ratio, max_iter=self.max_iter,
+                                  tol=self.tol, device=device)
+        else:
+            stats, z = standardized(layer(features.float()), stage.bank.names)
+            res = fit_elastic_net(z.to(device), labels.to(device), len(self.classes), self.lam, self.l1_ratio,
+                                  max_iter=self.max_iter, tol=self.tol)
         weight, bias = res.weight.cpu(), res.bias.cpu()
         check_finite_fit(self.name, projection=layer.weight, weight=weight, bias=bias)
         self.stats_ = stats
@@ -466,7 +524,8 @@ class LabelFreeCBM(Recipe):
                     "projection_val_similarity": float(stage.val_similarity.mean()),
                     "projection_text_cosine": float(stage.text_cosine.mean()),
                     "projection_text_cosine_min": float(stage.text_cosine.min())},
-            metrics={"train_accuracy": accuracy(z @ weight.T + bias, labels)},
+            metrics={"train_accuracy": head_accuracy(z, labels, weight, bias) if streaming
+                     else accuracy(z @ weight.T + bias, labels)},
             created=created_info(device),
         )
         return self
@@ -475,9 +534,13 @@ class LabelFreeCBM(Recipe):
              val_labels: torch.Tensor | None = None, n_points: int = 12, progress=None):
         """The λ path over the learned concepts (a list of ``PathPoint``); the concept stage is the
         one ``fit`` uses on the same data (computed once)."""
-        labels = check_training_data(features, labels, len(self.classes))
+        streaming = is_source(features)
+        labels = (check_source_labels if streaming else check_training_data)(features, labels, len(self.classes))
         stage = self._concept_stage(features, val_features)
-        stats, z = standardized(stage.layer(features.float()), stage.bank.names)
+        if streaming:
+            stats, z = standardized_source(stage.layer, stage.bank.names, features, len(stage.bank))
+        else:
+            stats, z = standardized(stage.layer(features.float()), stage.bank.names)
         z_val = (stage.layer(val_features.float()) - stats.mean) / stats.std if val_features is not None else None
         points, _ = regularization_path(z, labels, len(self.classes), l1_ratio=self.l1_ratio, n_lambdas=n_points,
                                         X_val=z_val, progress=progress,
