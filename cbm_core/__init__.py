@@ -42,6 +42,7 @@ from .tti import (InterventionCurve, Question, TTIError, answers_intervention, a
                   next_question)
 from .propagation import ConceptDependencies, PropagationError, conditional_table, propagate
 from .adaptation import AdaptationError, AdaptationProposal, propose_adaptation
+from .report import Report, explanation_report, model_card
 
 __all__ = [
     "Backbone", "ImageEncoding", "load_backbone", "register_model_config",
@@ -59,6 +60,7 @@ __all__ = [
     "SupervisedCBM", "Question", "InterventionCurve", "apply_answer", "answers_intervention", "next_question",
     "intervention_curve", "ConceptDependencies", "propagate", "conditional_table",
     "AdaptationProposal", "propose_adaptation",
+    "Report", "explanation_report", "model_card",
     "Metrics", "evaluate", "compare", "confusion_matrix", "cooccurrence_warnings", "random_concept_baseline",
     "save_bundle", "load_bundle", "read_manifest",
     "Pipeline", "EncodedImage", "EncodingCache", "decode_image", "overlay",

@@ -10,6 +10,7 @@ Examples::
     python -m cbm_core intervene-curve --bundle assets/demo_supervised_bundle --data demo:test --propagate
     python -m cbm_core adapt --bundle my_cbm --target new_site/ --source val_photos/ --out my_cbm_adapted
     python -m cbm_core extract --backbone ViT-B-32:openai --data photos/ --ray ray://head:10001
+    python -m cbm_core report --bundle my_cbm bird1.jpg bird2.png --spurious "water" --data val_photos/ --out why.pdf
 """
 from __future__ import annotations
 
@@ -156,6 +157,7 @@ def _read_intervention(path: str):
 def cmd_predict(args) -> None:
     from .errors import ImageError
     from .images import printable, read_image_bytes
+    from .reliability import reliability
 
     intervention = _read_intervention(args.intervention) if args.intervention else None  # before the slow load
     pipe = _load_pipeline(args)
@@ -177,10 +179,13 @@ def cmd_predict(args) -> None:
             continue
         top = exp.classes_frame(0, args.top)
         concepts = exp.to_frame(0).head(args.top)
+        trust = reliability(pipe.model, exp, 0, embedding=encoded.embedding)  # how far to believe it
+        p_present = dict(zip(trust.concepts, trust.p_present.tolist()))
         results.append({"image": path, "prediction": top["class"][0],
                         "top_classes": top.to_dict(orient="records"),
-                        "top_concepts": concepts[["concept", "score", "percentile", "contribution"]].to_dict(orient="records"),
-                        "notes": notes})
+                        "top_concepts": [{**c, "p_present": p_present[c["concept"]]} for c in
+                                         concepts[["concept", "score", "percentile", "contribution"]].to_dict(orient="records")],
+                        "notes": notes, "ood": trust.ood.to_dict(), "probably_absent": trust.probably_absent(args.top)})
     if args.json:
         print(json.dumps(results, indent=2))  # failed images too, in order, each with its reason
     else:
@@ -190,9 +195,13 @@ def cmd_predict(args) -> None:
                 continue
             for note in r["notes"]:
                 print(f"note: {note}", file=sys.stderr)
+            if r["ood"]["verdict"] != "typical":
+                print(f"warning: {printable(r['image'])}: {r['ood']['message']}", file=sys.stderr)
             probs = ", ".join(f"{c['class']} {c['probability']:.1%}" for c in r["top_classes"])
             why = ", ".join(f"{c['concept']} ({c['contribution']:+.2f})" for c in r["top_concepts"])
             print(f"{printable(r['image'])}: {r['prediction']}  [{probs}]\n    because: {why}")
+            if r["probably_absent"]:
+                print(f"    doubtful: {', '.join(r['probably_absent'])} (read as present, probably not there)")
     if failed:
         raise SystemExit(1)
 
@@ -472,6 +481,44 @@ def cmd_extract(args) -> None:
                       "images_per_second": round(run["encoded"] / seconds, 1) if run["encoded"] else None}, indent=2))
 
 
+def cmd_report(args) -> None:
+    """An explanation report for images (with the model card after it), or the model card alone."""
+    from .images import printable
+    from .report import browser
+    from .report.export import RUNNER_UP, explanation_report, model_card
+
+    suffix = Path(args.out).suffix.lower()
+    if suffix not in (".html", ".htm", ".pdf"):
+        raise CBMError(f"--out '{args.out}': a report is written as .html or .pdf.")
+    if suffix == ".pdf" and browser.unavailable():  # before any slow step
+        raise CBMError(f"{browser.unavailable()} Or write the report as .html.")
+    intervention = _read_intervention(args.intervention) if args.intervention else None
+    if args.images:
+        pipe = _load_pipeline(args)  # asks for --trust-backbone where the bundle's backbone needs it
+        model = pipe.model
+    else:
+        from .bundle import load_bundle
+
+        model = load_bundle(args.bundle)
+    evaluation = _labelled_features(model, args, args.data, args.split)[0] if args.data else None
+    if args.images:
+        report = explanation_report(pipe, args.images, intervention=intervention, spurious=args.spurious or (),
+                                    counterfactual=args.counterfactual or RUNNER_UP, saliency=args.saliency,
+                                    model_card_section=True, evaluation=evaluation, evaluation_name=args.data,
+                                    title=args.title)
+    else:
+        if intervention is not None or args.spurious:
+            raise CBMError("--intervention and --spurious apply to images; name the images to explain.")
+        report = model_card(model, evaluation=evaluation, evaluation_name=args.data, title=args.title)
+    out = report.save(args.out)
+    for name, reason in report.skipped:
+        print(f"skipped {printable(name)}: {reason}", file=sys.stderr)  # a file name is a stranger's text
+    print(f"wrote {out} ({report.kind}" + (f", {len(args.images) - len(report.skipped)} images" if args.images else "")
+          + ")")
+    if report.skipped:
+        raise SystemExit(1)
+
+
 def _requested_recipe(argv) -> str:
     """The --recipe given on the command line (to generate that recipe's options), else pcbm."""
     pre = argparse.ArgumentParser(add_help=False)
@@ -648,6 +695,28 @@ def build_parser(recipe_name: str = "pcbm") -> argparse.ArgumentParser:
     x.add_argument("--workers", type=int, default=None, help="in process: DataLoader workers")
     common(x, bundle=False)
     x.set_defaults(func=cmd_extract)
+
+    r = sub.add_parser("report", help="a self-contained report, HTML or PDF: why the model decides for images, and "
+                                      "its model card (no images: the model card alone)")
+    r.add_argument("images", nargs="*", help="images to explain")
+    r.add_argument("--out", required=True, help="report.html, or report.pdf (the PDF needs chromium and "
+                                                "pip install -r requirements-report.txt)")
+    r.add_argument("--data", default=None, help="labelled images to measure the model on for its card: a folder of "
+                                                "class sub-folders, a CSV, or " + ", ".join(DEMO_DATA))
+    r.add_argument("--split", default=None, help="with a CSV: the 'split' value to use")
+    r.add_argument("--allow-outside-paths", action="store_true", help="with a CSV: accept paths outside its folder")
+    r.add_argument("--spurious", action="append", metavar="CONCEPT",
+                   help="a concept that is not a real property of any class (e.g. a background), repeatable: images "
+                        "whose prediction leans on it are flagged")
+    r.add_argument("--intervention", default=None, help="an intervention JSON file (exported by the app) to apply to "
+                                                        "every image; the report shows its effect")
+    r.add_argument("--counterfactual", default=None, metavar="CLASS",
+                   help="show the fewest concept changes that make this class win (default: the runner-up)")
+    r.add_argument("--saliency", default="dense", choices=["dense", "dense-surgery", "gradcam"],
+                   help="how the heat maps are computed (default dense)")
+    r.add_argument("--title", default=None, help="the report's title")
+    common(r)
+    r.set_defaults(func=cmd_report)
     return parser
 
 

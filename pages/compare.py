@@ -14,7 +14,7 @@ from cbm_core.demo.paths import TOYBIRDS_POOL, TOYBIRDS_VOCABULARY
 from cbm_core.demo.splits import CONCEPT_TEMPLATE, toybirds_features
 from cbm_core.demo.world import CONCEPTS
 from cbm_core.recipes import RecipeInputs, get_recipe
-from ui import charts, common, recipe_controls, sidebar
+from ui import charts, common, recipe_controls, report_button, sidebar
 
 pipe = sidebar.open_page(
     "Compare recipes",
@@ -151,6 +151,8 @@ if job is not None and job.get("done"):
             st.caption(f"At NEC ≤ {result.nec:g}, the best recipe ({best.recipe}) beats random concept directions by "
                        f"{gap:+.1f} points. A small gap means the named concepts add little beyond what any "
                        f"directions in this embedding carry — read their names with care.")
+    # Share: the session's model card with this comparison in it.
+    report_button.model_card_section(state["model"], key="compare_report", comparison=result)
     opened = st.selectbox("Open a compared model in the dashboard (as fitted)",
                           [r.recipe for r in result.rows if r.model is not None], key="compare_open")
     if st.button("Use it now", key="compare_use"):

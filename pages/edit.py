@@ -6,7 +6,7 @@ from pathlib import Path
 import streamlit as st
 
 from cbm_core import BundleError, CBMError, compare, describe_edit, prune_concepts, set_weight
-from ui import adapt_panel, common, sidebar
+from ui import adapt_panel, common, report_button, sidebar
 from ui.data_source import evaluation_features
 
 pipe = sidebar.open_page("Edit the model",
@@ -125,3 +125,7 @@ if model.edit_log:
         st.rerun()
 else:
     st.caption("No edits applied yet in this session.")
+
+# Share: the model card, measured on the data chosen above, each edit since the bundle was opened replayed on it.
+report_button.model_card_section(model, key="edit_report", evaluation=feats, evaluation_name=report_button.data_label("edit"),
+                                 base=report_button.session_base(model))

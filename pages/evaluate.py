@@ -8,6 +8,7 @@ from cbm_core import baseline_verdict, confusion_matrix, cooccurrence_warnings, 
 from ui import charts, sidebar, tti_panel
 from ui.correlation_panel import correlation_panel
 from ui.data_source import baseline_splits, evaluation_features
+from ui import reliability_panel
 
 pipe = sidebar.open_page("Evaluate")
 model = st.session_state["model"]
@@ -24,6 +25,7 @@ cols[1].metric("Worst-group accuracy", "–" if m.worst_group is None else f"{m.
 cols[2].metric("Concepts per class (NEC)", f"{sp['nec']:.1f}")
 cols[3].metric("Non-zero weights", f"{sp['nonzero_fraction']:.0%}")
 cols[4].metric("Concepts used", f"{sp['concepts_used']} / {model.n_concepts}")
+reliability_panel.audit_badge(model)  # does it really use its concepts? (the audit is at the bottom)
 
 left, right = st.columns(2)
 with left:
@@ -87,3 +89,5 @@ else:
         c[1].metric("Named concepts", f"{base['model_accuracy']:.1%}",
                     f"{(base['model_accuracy'] - base['random_accuracy']) * 100:+.1f} pts")
         st.info(baseline_verdict(base["model_accuracy"], base["random_accuracy"]))
+
+reliability_panel.evaluate_section(pipe, model, feats)  # importance, existence, location; names; audit

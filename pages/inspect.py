@@ -6,9 +6,10 @@ import streamlit as st
 
 from cbm_core import ImageError, concept_directions, label_from_filename
 from cbm_core.overlay import heat_layer, seen_region
-from ui import charts, common, sidebar
+from ui import charts, common, report_button, sidebar
 from ui.saliency_panel import ConceptMap, prefetch_maps, saliency_maps, saliency_panel
 from ui.images import UPLOAD_HELP, display_image, overlay_size, plain, width_within
+from ui import reliability_panel
 
 pipe = sidebar.open_page("Inspect", "Upload images (or pick demo birds) to see what the model predicts, which concepts "
                                     "drive it, and where in the image it sees them.")
@@ -164,6 +165,7 @@ with head[1]:
     share = float(exp_all.residual_share()[i])
     if share > 0:
         st.caption(f"The residual head (not concepts) carries {share:.0%} of this prediction's evidence.")
+    reliability_panel.ood_notice(pipe, enc, exp_all, i)  # is this image like the training data?
 
 c1, c2 = st.columns(2)
 with c1:
@@ -209,12 +211,18 @@ def where() -> None:
     shown_image = display_image(images[current], current).image.resize(size)
     seen = seen_region(enc.size, pipe.backbone.resize_mode, size)
     rows = directions.set_index("concept")
+    found = reliability_panel.locations(pipe, enc, method, chosen, maps)  # is each map on its evidence?
     saliency_panel(shown_image, [
         ConceptMap(name, heat_layer(maps[k], seen), bool(rows.loc[name].present),
                    f"{'present' if rows.loc[name].present else 'absent'} (p{rows.loc[name].percentile:.0f})"
                    + (f" · pushes {rows.loc[name].pushes} {pred} ({rows.loc[name].contribution:+.2f})"
-                      if rows.loc[name].contribution != 0 else f" · does not count towards {pred}"))
+                      if rows.loc[name].contribution != 0 else f" · does not count towards {pred}")
+                   + reliability_panel.location_caption(found, name))
         for k, name in enumerate(chosen)], seen, key="saliency_maps")
 
 
 where()
+reliability_panel.explanation_section(pipe, exp_all, i, enc, st.session_state.get("sal_method", "dense"))
+
+# Share: every image on this page in one self-contained report (made when a button is clicked).
+report_button.explanation_section(pipe, {name: images[name] for name in names}, key="inspect_report")

@@ -5,7 +5,7 @@ import streamlit as st
 
 from cbm_core import CBMError, HeadSlice, ImageError, Intervention, counterfactual
 from cbm_core.head_slice import apply_settings
-from ui import common, live_panel, sidebar, tti_panel
+from ui import common, live_panel, report_button, sidebar, tti_panel
 from ui.images import display_image, plain, width_within
 
 pipe = sidebar.open_page("Intervene",
@@ -103,6 +103,10 @@ def live() -> None:
                           LIVE_KEY)
     st.download_button("Export this intervention (JSON)", iv.to_json(), file_name="intervention.json",
                         mime="application/json", disabled=not iv)
+    # In the fragment, so the report holds the changes on screen now; the smallest change is for the class chosen below.
+    report_button.explanation_section(pipe, {current: images[current]}, key="intervene_report",
+                                      intervention=iv or None, ask_spurious=False,
+                                      counterfactual=state.get("cf_target") or report_button.RUNNER_UP)
 
 
 top_row = st.columns([5, 4], gap="large")
