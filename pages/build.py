@@ -130,6 +130,15 @@ if "vocabulary" in recipe.needs:
             st.caption(f"✓ {len(vocabulary)} words" + ("" if vocab_file else " (the Toy Birds vocabulary shipped with the demo)"))
         except CBMError as exc:
             st.error(str(exc))
+labels_missing = "concept_labels" in recipe.needs and source.startswith("Folder")
+if "concept_labels" in recipe.needs:
+    if labels_missing:  # a folder says only the class of each image
+        st.warning(f"{recipe.name} learns its concepts from 0/1 concept labels per image, and a folder of class "
+                   "sub-folders has none. Use a CSV manifest with one 0/1 column per concept (blank = unknown), "
+                   "or the Toy Birds dataset, which has them.")
+    elif not source.startswith("Toy"):
+        st.caption(f"{recipe.name} learns its concepts from the CSV's 0/1 concept columns (blank = unknown); "
+                   "the build stops and says so if it has none.")
 if "concepts" not in recipe.needs:
     st.caption(f"{recipe.name} does not use the concept list above: its concepts come from "
                + ("the candidate pool." if "candidate_pool" in recipe.needs else
@@ -172,7 +181,7 @@ def run_job(job: dict, args: dict) -> None:
 
 inputs_ready = (("concepts" not in recipe.needs or bank is not None)
                 and ("candidate_pool" not in recipe.needs or pool is not None)
-                and ("vocabulary" not in recipe.needs or vocabulary is not None))
+                and ("vocabulary" not in recipe.needs or vocabulary is not None) and not labels_missing)
 ready = inputs_ready and (n_toy or data_path)
 job = state.get("build_job")
 running = job is not None and not job.get("done")

@@ -47,3 +47,16 @@ def test_a_toy_birds_build_with_a_non_default_recipe_and_option(monkeypatch, tmp
     model = job["result"].model
     assert model.recipe["name"] == "linear-probe" and model.recipe["lam"] == 1e-3
     assert model.concept_layer.kind == "linear" and model.n_concepts == 64
+
+
+def test_a_supervised_recipe_on_a_folder_says_it_needs_concept_labels_and_does_not_build():
+    at = build_page()
+    at.selectbox(key="build_recipe").set_value("supervised").run()
+    at.radio(key="build_source").set_value("Folder of class sub-folders").run()
+    at.text_input(key="build_folder").input("/some/folder").run()
+    assert not at.exception, at.exception
+    assert any("0/1 concept labels" in w.value for w in at.warning)
+    assert next(b for b in at.button if b.label == "Build").disabled
+    at.radio(key="build_source").set_value("Toy Birds (generated now)").run()  # Toy Birds has them
+    assert not any("0/1 concept labels" in w.value for w in at.warning)
+    assert not next(b for b in at.button if b.label == "Build").disabled
