@@ -15,6 +15,12 @@ SAMPLES_DIR = ASSETS_DIR / "samples"
 
 def load_demo_features(split: str = "val"):
     """The shipped validation / test features of the demo as a ``FeatureSet`` (no re-encoding)."""
+    return read_split_features(DEMO_FEATURES, split)
+
+
+def read_split_features(path, split: str):
+    """The 'val' or 'test' split of a shipped features file (``{split}.embeddings``, ``.labels``,
+    ``.groups``, ``.concept_labels``; group names in its metadata) as a ``FeatureSet``."""
     from safetensors import safe_open
     from safetensors.torch import load_file
 
@@ -22,9 +28,9 @@ def load_demo_features(split: str = "val"):
 
     if split not in ("val", "test"):
         raise ValueError(f"The demo ships features for the 'val' and 'test' splits, not '{split}'.")
-    with safe_open(str(DEMO_FEATURES), "pt") as f:
+    with safe_open(str(path), "pt") as f:
         meta = f.metadata()
-    t = load_file(str(DEMO_FEATURES))
+    t = load_file(str(path))
     group_names = json.loads(meta["group_names"])
     n = len(t[f"{split}.labels"])
     return FeatureSet(t[f"{split}.embeddings"], t[f"{split}.labels"], torch.arange(n),

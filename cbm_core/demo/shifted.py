@@ -52,19 +52,6 @@ SHIFTED_FEATURES = ASSETS_DIR / "toybirds_shifted_features.safetensors"
 def load_shifted_features(split: str = "val") -> FeatureSet:
     """The shipped features of the shifted 'val' (the pool few labelled target images are drawn from)
     or 'test' split, as a ``FeatureSet`` with groups and concept labels (no re-encoding)."""
-    import json
+    from .paths import read_split_features
 
-    import torch
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    if split not in ("val", "test"):
-        raise ValueError(f"The demo ships shifted features for the 'val' and 'test' splits, not '{split}'.")
-    with safe_open(str(SHIFTED_FEATURES), "pt") as f:
-        meta = f.metadata()
-    t = load_file(str(SHIFTED_FEATURES))
-    group_names = json.loads(meta["group_names"])
-    n = len(t[f"{split}.labels"])
-    return FeatureSet(t[f"{split}.embeddings"], t[f"{split}.labels"], torch.arange(n),
-                      groups=tuple(group_names[i] for i in t[f"{split}.groups"].tolist()),
-                      concept_labels=t[f"{split}.concept_labels"].float())
+    return read_split_features(SHIFTED_FEATURES, split)
