@@ -14,6 +14,16 @@ from ui import reliability_panel
 pipe = sidebar.open_page("Inspect", "Upload images (or pick demo birds) to see what the model predicts, which concepts "
                                     "drive it, and where in the image it sees them.")
 images = common.session_images()
+
+
+def _clear_images(images: dict, uploads) -> None:
+    """Empty the page: the images, the demo-bird picks, and the uploads still listed in the uploader
+    (which would otherwise be added again on the next run)."""
+    images.clear()
+    st.session_state["inspect_samples"] = []
+    st.session_state["inspect_cleared_uploads"].update(up.file_id for up in uploads or [])
+
+
 charts.use_html_charts()
 if not images and not st.session_state.get("inspect_opened") and common.is_toy_birds(pipe.model):
     # A first visit opens on the demo's story bird (README, "Try it"). Added as an image, not as a pick
@@ -26,8 +36,9 @@ with st.container(border=True):
     left, right = st.columns([3, 2])
     # Any file is accepted here, so a refused one gets its reason in words (not just a red icon).
     uploads = left.file_uploader("Upload images", accept_multiple_files=True, key="inspect_uploads", help=UPLOAD_HELP)
+    cleared = st.session_state.setdefault("inspect_cleared_uploads", set())
     for up in uploads or []:
-        if up.name in images:
+        if up.name in images or up.file_id in cleared:
             continue
         data = up.getvalue()
         try:
@@ -42,9 +53,8 @@ with st.container(border=True):
     for name in picked:
         if name not in images:
             images[name] = samples[name].read_bytes()
-    if images and right.button("Clear images"):
-        images.clear()
-        st.rerun()
+    if images:
+        right.button("Clear images", on_click=_clear_images, args=(images, uploads))
 
 if not images:
     st.info("No image yet. Upload one, or add a demo bird on the right. "

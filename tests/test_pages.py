@@ -70,6 +70,21 @@ def test_inspect_upload_a_good_and_a_corrupt_image(engine):
     assert exp.class_names[int(exp.predicted[0])] in headline
 
 
+def test_clear_images_clears_uploads_and_demo_picks_too():
+    """Uploads stay listed in the uploader and picks in the multiselect; neither comes back after a clear."""
+    at = page("inspect").run()
+    at.multiselect(key="inspect_samples").set_value(["azure diver on water"]).run()
+    at.file_uploader(key="inspect_uploads").upload("gull.png", sample("golden_gull_on_water").read_bytes(), "image/png").run()
+    assert {"azure diver on water", "gull.png"} <= set(at.session_state["images"])
+    next(b for b in at.button if b.label == "Clear images").click().run()
+    assert not at.exception, at.exception
+    assert not at.session_state["images"] and at.multiselect(key="inspect_samples").value == []
+    at.run()
+    assert not at.session_state["images"]
+    at.multiselect(key="inspect_samples").set_value(["azure diver on land"]).run()  # the page works on after a clear
+    assert list(at.session_state["images"]) == ["azure diver on land"]
+
+
 def component_data(at, key: str) -> dict:
     """The data a page hands one of its browser components."""
     found = [e for e in at.get("bidi_component") if e.key == key]
