@@ -33,7 +33,7 @@ ProgressFn = Callable[[int, int], None]
 class ImageRecord:
     path: str
     label: int
-    concepts: tuple[int, ...] | None = None
+    concepts: tuple[int | None, ...] | None = None  # None: that concept is not labelled for this image
     group: str | None = None
     # (concept, (x, y) or (x0, y0, x1, y1)) in the image's pixels, from a CSV's loc:<concept> columns
     locations: tuple[tuple[str, tuple[float, ...]], ...] | None = None
@@ -88,7 +88,8 @@ class ImageDataset:
         (no ``..`` out of it, no absolute paths, no links out of it) unless ``allow_outside``: a CSV
         from someone else must not make the tool read files of yours it was never meant to.
         Labels are stripped of surrounding spaces. Concept columns default to every column whose
-        values are all 0/1 besides the known ones; ``split`` keeps rows of one split.
+        values are all 0, 1 or empty besides the known ones (at least one 0 or 1); an empty concept
+        cell means "not labelled" (NaN in ``concept_labels``); ``split`` keeps rows of one split.
 
         A column ``loc:<concept>`` gives where that concept is in each image, in the image's pixels
         (as CUB-200's part locations): ``x,y`` (a point) or ``x0,y0,x1,y1`` (a box), numbers separated
@@ -112,7 +113,9 @@ class ImageDataset:
             _check_label(c[len(LOCATION_PREFIX):], f"Manifest '{manifest.name}': location column {c!r}", what="concept name")
         known = {path_column, label_column, group_column, split_column, *location_columns}
         if concept_columns is None:
-            concept_columns = [c for c in header if c and c not in known and all(r[c] in ("0", "1") for _, r in rows)]
+            concept_columns = [c for c in header if c and c not in known
+                               and all(r[c].strip() in ("0", "1", "") for _, r in rows)
+                               and any(r[c].strip() in ("0", "1") for _, r in rows)]
         else:
             missing = [c for c in concept_columns if c not in header]
             if missing:
@@ -137,15 +140,16 @@ class ImageDataset:
                                    "there and use relative paths, or allow paths outside it explicitly "
                                    "(allow_outside=True; on the command line --allow-outside-paths).")
             for c in concept_columns:
-                if r[c] not in ("0", "1"):
-                    raise DatasetError(f"{where}: concept column '{c}' holds {r[c]!r}; concept columns hold 0 or 1.")
+                if r[c].strip() not in ("0", "1", ""):
+                    raise DatasetError(f"{where}: concept column '{c}' holds {r[c]!r}; concept columns hold 0, 1, "
+                                       "or nothing where the concept was not labelled.")
             locations.append(tuple((c[len(LOCATION_PREFIX):].strip(), xy) for c in location_columns
                                    if (xy := _parse_location(r[c], where, c)) is not None) or None)
             labels.append(label)
             paths.append(str(path))
         classes = sorted(set(labels))
         index = {c: i for i, c in enumerate(classes)}
-        records = tuple(ImageRecord(p, index[label], tuple(int(r[c]) for c in concept_columns) if concept_columns else None,
+        records = tuple(ImageRecord(p, index[label], tuple(_concept_cell(r[c]) for c in concept_columns) if concept_columns else None,
                                     r.get(group_column) or None, loc)
                         for p, label, (_, r), loc in zip(paths, labels, rows, locations))
         return cls(records, tuple(classes), tuple(concept_columns), name=manifest.stem + (f"-{split}" if split else ""),
@@ -170,6 +174,12 @@ class ImageDataset:
 
 MAX_MANIFEST_BYTES = 1024 * 1024 * 1024  # ~10 million rows: far beyond what the tool trains on in memory
 LOCATION_PREFIX = "loc:"
+
+
+def _concept_cell(cell: str) -> int | None:
+    """A checked concept cell: 0, 1, or None where it is empty (not labelled)."""
+    cell = cell.strip()
+    return int(cell) if cell else None
 
 
 def _parse_location(cell: str, where: str, column: str) -> tuple[float, ...] | None:
@@ -466,7 +476,8 @@ def _with_metadata(dataset: ImageDataset | None, embeddings, labels, kept, skipp
         if recs and all(r.group is not None for r in recs):
             groups = tuple(r.group for r in recs)
         if recs and all(r.concepts is not None for r in recs):
-            concept_labels = torch.tensor([r.concepts for r in recs], dtype=torch.float32)
+            concept_labels = torch.tensor([[float("nan") if v is None else v for v in r.concepts] for r in recs],
+                                          dtype=torch.float32)  # NaN: not labelled
     return FeatureSet(embeddings, labels, kept, skipped, groups, concept_labels, from_cache)
 
 

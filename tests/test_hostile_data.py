@@ -109,6 +109,21 @@ def test_concept_columns_are_checked_by_name_and_value(tmp_path):
     assert ImageDataset.from_csv(m).concept_names == ()  # not all 0/1: not detected as a concept column
 
 
+def test_an_empty_concept_cell_means_not_labelled(tmp_path, tiny_vit):
+    """Experts rarely label every concept of every image: an empty cell is unknown (NaN), not 0,
+    and the column is still a concept column; a column that is empty throughout is not one."""
+    import math
+
+    from cbm_core import extract_features
+
+    m = csv_world(tmp_path, "path,label,striped,spotted,notes\nimg/a.png,red,1,,\nimg/b.png,red, ,0,\n")
+    ds = ImageDataset.from_csv(m)
+    assert ds.concept_names == ("striped", "spotted")
+    assert ds.records[0].concepts == (1, None) and ds.records[1].concepts == (None, 0)
+    labels = extract_features(tiny_vit, ds, use_cache=False).concept_labels
+    assert labels[0, 0] == 1 and labels[1, 1] == 0 and math.isnan(labels[0, 1]) and math.isnan(labels[1, 0])
+
+
 def test_a_clean_manifest_still_loads_with_bom_blank_lines_and_padded_labels(tmp_path):
     m = csv_world(tmp_path, "\ufeffpath,label\r\nimg/a.png, red \r\n\r\nimg/b.png,blue\r\n")
     ds = ImageDataset.from_csv(m)
