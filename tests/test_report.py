@@ -321,11 +321,21 @@ def test_the_pdf_has_a_page_per_part(why, tmp_path):
 
 
 @needs_chromium
-def test_the_model_card_pdf_shows_the_edit_and_draws_its_chart_as_vectors(card, tmp_path):
-    pages = [page.extract_text() for page in pypdf().PdfReader(card.save("/tmp/rep/dbg_card.pdf")).pages]
+def test_the_model_card_pdf_shows_the_edit_and_draws_its_chart_as_vectors(monkeypatch, tmp_path):
+    # Made as in the app: importing streamlit makes its plotly template the process default, whose axes
+    # do not widen their margins for long labels (the class names were cut off the chart's left edge).
+    import plotly.io as pio
+    import streamlit  # noqa: F401 (registers the "streamlit" template)
+
+    monkeypatch.setattr(pio.templates, "default", "streamlit")
+    base = load_bundle(DEMO_BUNDLE)
+    card = model_card(prune_concepts(base, BACKGROUNDS).model, evaluation=load_demo_features("val"), base=base)
+    pages = [page.extract_text() for page in pypdf().PdfReader(card.save(tmp_path / "card.pdf")).pages]
     text = "\n".join(pages)
     assert "How to read this model card" in pages[0]
-    assert "Accuracy per class" in text and "azure finch" in text  # the SVG's words are text in the PDF
+    # The SVG's words are text in the PDF: its title and each class's tick label, whole, on a line of its own.
+    chart_page = next(page for page in pages if "Accuracy per class" in page).splitlines()
+    assert all(name in chart_page for name in base.classes), chart_page
     assert "Edits made by hand" in text and "water background" in text.split("Edits made by hand", 1)[1]
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from ..errors import CBMError
+from .figures import for_report
 
 DEFAULT_CHROMIUM = "/usr/bin/chromium"
 _SVG_PAGE = "http://cbm-report.invalid/figures.html"
@@ -138,7 +139,7 @@ def _figure_svgs(browser, figures, timeout_ms: float) -> list[str]:
         page.goto(_SVG_PAGE)
         uris = []
         for fig in figures:
-            spec = json.loads(to_json_plotly(fig))
+            spec = json.loads(to_json_plotly(for_report(fig)))
             width = int(fig.layout.width or 760)
             height = int(fig.layout.height or 420)
             uri = page.evaluate("([f, w, h]) => Plotly.toImage(f, {format: 'svg', width: w, height: h})",

@@ -153,7 +153,7 @@ class Report:
                 piece = (f'<figure class="chart"><img src="{_e(svgs[n])}" alt="{_e(title)}" '
                          f'style="max-width:{width}px"></figure>')
             else:
-                spec = json.loads(_plotly_json(fig))
+                spec = json.loads(_plotly_json(figures.for_report(fig)))
                 spec.setdefault("layout", {}).pop("width", None)
                 piece = (f'<figure class="chart"><div class="plotly-chart" id="cbm-figure-{n}" aria-label="{_e(title)}">'
                          f'</div></figure>')

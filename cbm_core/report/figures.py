@@ -30,6 +30,11 @@ BLUE, RED, GREY, TEAL = "#2f6f9f", "#c8553d", "#9aa5b1", "#3a9d8f"
 _LAYOUT = dict(margin=dict(l=10, r=40, t=36, b=10), plot_bgcolor="white", paper_bgcolor="white",
                font=dict(size=13), hoverlabel=dict(bgcolor="white"))
 CHARTS_CSS = Path(__file__).with_name("charts.css")
+# The template a report draws its plotly figures with. A figure takes plotly's *process-wide* default
+# template when it is made, and importing streamlit switches that default to Streamlit's own, whose axes
+# do not grow their margins to fit long labels: the same figure then lost its class names off the left
+# edge in a report made from the app (or after any streamlit import) but not from the CLI.
+REPORT_TEMPLATE = "plotly"
 
 # How each of the four directions is drawn: the colour says for (blue) or against (red) the class,
 # the fill says present (solid) or absent (hatched, lighter). charts.css uses the same classes.
@@ -41,6 +46,19 @@ def _go():
     import plotly.graph_objects as go
 
     return go
+
+
+def _fit_labels(fig: "go.Figure") -> "go.Figure":
+    """Axes grow their margins to fit their labels, whatever the template (our margins are small)."""
+    fig.update_xaxes(automargin=True)
+    fig.update_yaxes(automargin=True)
+    return fig
+
+
+def for_report(fig: "go.Figure") -> "go.Figure":
+    """A copy of ``fig`` drawn with ``REPORT_TEMPLATE``, so a report looks the same made anywhere."""
+    go = _go()
+    return go.Figure(fig).update_layout(template=REPORT_TEMPLATE)
 
 
 def _text(label) -> str:
@@ -59,7 +77,7 @@ def probabilities(frame, title="Prediction") -> "go.Figure":
                            hovertemplate="%{y}: %{x:.2%}<extra></extra>"))
     fig.update_layout(title=_text(title), xaxis=dict(range=[0, 1], tickformat=".0%", gridcolor="#eee"),
                       height=60 + 34 * len(f), **_LAYOUT)
-    return fig
+    return _fit_labels(fig)
 
 
 def heatmap(values, x, y, title, colorscale="RdBu", zmid=0.0, height=None, fmt=".2f", x_title=None, y_title=None,
@@ -79,7 +97,7 @@ def heatmap(values, x, y, title, colorscale="RdBu", zmid=0.0, height=None, fmt="
                       xaxis=dict(tickangle=0, side="bottom", title=x_title, tickfont=dict(size=13)),
                       yaxis=dict(autorange="reversed", title=y_title, tickfont=dict(size=13)),
                       **{**_LAYOUT, "margin": dict(l=10, r=10, t=40, b=10)})
-    return fig
+    return _fit_labels(fig)
 
 
 def _wrap(label: str) -> str:
@@ -107,7 +125,7 @@ def lambda_path(points, chosen_nec: float, chosen_accuracy: float, chosen_lam: f
                                  rangemode="tozero"),
                       yaxis=dict(tickformat=".0%", title="validation accuracy", gridcolor="#eee"), height=340,
                       legend=dict(orientation="h", y=-0.3, x=0.0), **{**_LAYOUT, "margin": dict(l=10, r=10, t=40, b=10)})
-    return fig
+    return _fit_labels(fig)
 
 
 def nec_curves(rows, nec: float) -> "go.Figure":
@@ -131,7 +149,7 @@ def nec_curves(rows, nec: float) -> "go.Figure":
                       xaxis=dict(title="concepts per class (NEC)", gridcolor="#eee", rangemode="tozero"),
                       yaxis=dict(tickformat=".0%", title="validation accuracy", gridcolor="#eee"), height=380,
                       legend=dict(orientation="h", y=-0.25, x=0.0), **{**_LAYOUT, "margin": dict(l=10, r=10, t=40, b=10)})
-    return fig
+    return _fit_labels(fig)
 
 
 # -- HTML bar charts (Inspect, the explanation report) -----------------------------------------------
