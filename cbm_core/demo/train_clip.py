@@ -9,21 +9,39 @@ shape attributes more often than colours (contrastive training takes the easy co
 first), the species in about half of them and the background in about a third. The result is
 saved as a ``local-dir`` folder (``open_clip_config.json`` + safetensors) that
 ``load_backbone("demo")`` loads like any other open_clip model.
+
+Towers whose colour evidence is *local* (issue 13's hypothesis: a species' part colours co-occur
+90 % of the time, so "red crown" can be read anywhere on a red bird) are trained with three knobs,
+all off by default so the shipped recipe is unchanged:
+
+- ``--decorrelate F``: a share F of the training birds draw crown, breast, wing and eye colours
+  independently (full independence, F = 1, taught the tower no colours at all: FINDINGS.md);
+- ``--part-captions F``: a share F of the captions name one coloured part alone ("a bird with red crown.");
+- ``--recolour-pairs N``: N birds of every batch also appear with one part recoloured (the same
+  pixels elsewhere), each caption naming that part's colour: a hard negative only *where* tells apart.
+
+Long runs checkpoint (``--checkpoint DIR``, every ``--checkpoint-every`` steps and at the time
+limit) and continue from there with ``--resume``: a run can span sessions on a 2-core machine.
+
+    python -m cbm_core.demo.train_clip --out /tmp/local_clip --checkpoint runs/local_clip \
+        --decorrelate 0.3 --part-captions 0.3 --recolour-pairs 16 --minutes 60          # then again with --resume
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import random
 import time
 from multiprocessing import Pool
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from .splits import CONCEPT_TEMPLATE, IMAGE_SIZE
-from .world import ATTRIBUTES, CONCEPTS, SPECIES_NAMES, generate, sample_bird
+from .world import ATTRIBUTES, CONCEPTS, SPECIES_NAMES, generate, render, sample_bird
 
 MODEL_NAME = "toybirds-rn"
 MODEL_CFG = {
@@ -80,6 +98,35 @@ def caption(bird, rng: random.Random) -> str:
     return CONCEPT_TEMPLATE.format(_listed(chosen))
 
 
+COLOUR_PARTS = ("crown", "breast", "wing", "eye")
+
+
+def training_bird(seed: int, index: int, decorrelate: float = 0.0):
+    """Training bird ``index``; with probability ``decorrelate`` (its own seeded draw) its coloured
+    parts take colours independently and uniformly instead of its species' typical ones."""
+    bird = sample_bird(seed, index, "train")
+    if decorrelate <= 0:
+        return bird
+    rng = random.Random(f"{seed}-decorrelate-{index}")
+    if rng.random() >= decorrelate:
+        return bird
+    attrs = {**bird.attributes, **{a: rng.choice(ATTRIBUTES[a]) for a in COLOUR_PARTS}}
+    return dataclasses.replace(bird, attributes=attrs)
+
+
+def part_caption(bird, part: str) -> str:
+    """A caption naming one coloured part alone."""
+    return CONCEPT_TEMPLATE.format(phrase(part, bird.attributes[part]))
+
+
+def recoloured(bird, rng: random.Random):
+    """The same bird with one coloured part in another colour, and that part: pose, background and
+    noise are unchanged, so only that part's pixels differ."""
+    part = rng.choice(COLOUR_PARTS)
+    colour = rng.choice([c for c in ATTRIBUTES[part] if c != bird.attributes[part]])
+    return dataclasses.replace(bird, attributes={**bird.attributes, part: colour}), part
+
+
 def sample_batch(birds, by_pair: dict, batch_size: int, rng: random.Random) -> list[int]:
     """Half the batch at random, half from one pair of twin species (same colours, other shapes):
     hard negatives that only shape, size and species names tell apart."""
@@ -90,14 +137,15 @@ def sample_batch(birds, by_pair: dict, batch_size: int, rng: random.Random) -> l
 
 
 def _render_chunk(args):
-    split, start, stop, seed, size = args
+    split, start, stop, seed, size, decorrelate = args
     from .world import render
 
-    return np.stack([np.asarray(render(sample_bird(seed, i, split), size)[0]) for i in range(start, stop)])
+    bird = (lambda i: training_bird(seed, i, decorrelate)) if split == "train" else (lambda i: sample_bird(seed, i, split))
+    return np.stack([np.asarray(render(bird(i), size)[0]) for i in range(start, stop)])
 
 
-def render_split(split: str, n: int, seed: int, size: int, workers: int = 2) -> np.ndarray:
-    chunks = [(split, s, min(n, s + 500), seed, size) for s in range(0, n, 500)]
+def render_split(split: str, n: int, seed: int, size: int, workers: int = 2, decorrelate: float = 0.0) -> np.ndarray:
+    chunks = [(split, s, min(n, s + 500), seed, size, decorrelate) for s in range(0, n, 500)]
     with Pool(workers) as pool:
         return np.concatenate(pool.map(_render_chunk, chunks))
 
@@ -146,18 +194,89 @@ def zero_shot_report(model, tokenizer, birds, pixels, device) -> dict:
     return score_report(img, txt, sp, birds)
 
 
+def _checkpoint_path(folder) -> Path:
+    return Path(folder) / "checkpoint.pt"
+
+
+def save_checkpoint(folder, step: int, model, opt, sched, rng: random.Random, history: list, args, seconds: float) -> None:
+    """Everything needed to continue exactly: weights, optimiser and schedule, both random streams,
+    the validation history and the options (a resume with other options is refused)."""
+    path = _checkpoint_path(folder)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save({"step": step, "model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                "python_rng": list(rng.getstate()[1]), "python_rng_version": rng.getstate()[0],
+                "python_rng_gauss": rng.getstate()[2], "torch_rng": torch.get_rng_state(), "history": history,
+                "options": _resumable_options(args), "seconds": seconds}, tmp)
+    tmp.replace(path)  # a run killed while saving keeps the previous checkpoint
+
+
+def _resumable_options(args) -> dict:
+    """The options a resumed run must share with the run it continues (time limits may differ)."""
+    keys = ("n_train", "epochs", "batch_size", "lr", "seed", "decorrelate", "part_captions", "recolour_pairs")
+    return {k: getattr(args, k) for k in keys}
+
+
+def load_checkpoint(folder, args, model, opt, sched, rng: random.Random) -> tuple[int, list, float]:
+    """Restore a run saved by ``save_checkpoint``; returns (next step, history, seconds trained)."""
+    ckpt = torch.load(_checkpoint_path(folder), map_location="cpu", weights_only=True)  # our own file; still no pickle
+    if ckpt["options"] != _resumable_options(args):
+        raise SystemExit(f"--resume: the checkpoint in {folder} was made with {ckpt['options']}, "
+                         f"not {_resumable_options(args)}; pass the same options.")
+    model.load_state_dict(ckpt["model"])
+    opt.load_state_dict(ckpt["opt"])
+    sched.load_state_dict(ckpt["sched"])
+    rng.setstate((ckpt["python_rng_version"], tuple(ckpt["python_rng"]), ckpt["python_rng_gauss"]))
+    torch.set_rng_state(ckpt["torch_rng"])
+    return ckpt["step"], ckpt["history"], ckpt["seconds"]
+
+
+def training_batch(train_birds, train_images, idx, args, rng: random.Random, tokenizer, mean, std):
+    """Pixels and tokens of one batch: the sampled birds, plus ``recolour_pairs`` of them again with
+    one part recoloured (both captions then name that part's colour)."""
+    images = train_images[idx]
+    flip = rng.random() < 0.5  # drawn before the captions, as the shipped tower's run did
+    captions = []
+    for i in idx:
+        bird = train_birds[i]
+        if args.part_captions and rng.random() < args.part_captions:
+            captions.append(part_caption(bird, rng.choice(COLOUR_PARTS)))
+        else:
+            captions.append(caption(bird, rng))
+    extra_images = []
+    for j in range(min(args.recolour_pairs, len(idx))):
+        bird = train_birds[idx[j]]
+        twin, part = recoloured(bird, rng)
+        captions[j] = part_caption(bird, part)
+        captions.append(part_caption(twin, part))
+        extra_images.append(np.asarray(render(twin, IMAGE_SIZE)[0]))
+    if extra_images:
+        images = np.concatenate([images, np.stack(extra_images)])
+    x = to_pixels(images, mean, std)
+    return (x.flip(-1) if flip else x), tokenizer(captions)  # birds face both ways; attributes do not change
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="assets/demo_clip")
     ap.add_argument("--n-train", type=int, default=24000, help="distinct training birds (rendered once)")
     ap.add_argument("--epochs", type=float, default=6.0)
-    ap.add_argument("--minutes", type=float, default=45.0, help="stop early after this long")
+    ap.add_argument("--minutes", type=float, default=45.0, help="stop (and checkpoint) after this long in this run")
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--decorrelate", type=float, default=0.0, help="share of training birds with independent part colours")
+    ap.add_argument("--part-captions", type=float, default=0.0, help="share of captions naming one coloured part alone")
+    ap.add_argument("--recolour-pairs", type=int, default=0, help="birds per batch shown again with one part recoloured")
+    ap.add_argument("--n-val", type=int, default=800, help="validation birds for the zero-shot report")
+    ap.add_argument("--checkpoint", default=None, help="folder for checkpoints (every --checkpoint-every steps)")
+    ap.add_argument("--checkpoint-every", type=int, default=100)
+    ap.add_argument("--resume", action="store_true", help="continue from the checkpoint in --checkpoint")
     args = ap.parse_args(argv)
+    if args.resume and not (args.checkpoint and _checkpoint_path(args.checkpoint).is_file()):
+        raise SystemExit("--resume needs --checkpoint FOLDER holding a checkpoint.pt from an earlier run.")
 
     import open_clip
     from open_clip.loss import ClipLoss
@@ -176,12 +295,12 @@ def main(argv=None) -> None:
 
     t0 = time.time()
     print(f"rendering {args.n_train} training birds ...", flush=True)
-    train_images = render_split("train", args.n_train, args.seed, IMAGE_SIZE)
-    train_birds = [sample_bird(args.seed, i, "train") for i in range(args.n_train)]
+    train_images = render_split("train", args.n_train, args.seed, IMAGE_SIZE, decorrelate=args.decorrelate)
+    train_birds = [training_bird(args.seed, i, args.decorrelate) for i in range(args.n_train)]
     by_pair: dict[int, list[int]] = {}
     for i, b in enumerate(train_birds):  # species s and s + 4 are twins
         by_pair.setdefault(b.species % 4, []).append(i)
-    val_birds, val_images = generate("val", 800, args.seed, IMAGE_SIZE)
+    val_birds, val_images = generate("val", args.n_val, args.seed, IMAGE_SIZE)
     val_pixels = to_pixels(val_images, mean, std)
     print(f"rendered in {time.time() - t0:.0f}s", flush=True)
 
@@ -190,16 +309,17 @@ def main(argv=None) -> None:
     warmup = max(1, steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
+    first, history, trained = 0, [], 0.0
+    if args.resume:
+        first, history, trained = load_checkpoint(args.checkpoint, args, model, opt, sched, rng)
+        print(f"resumed at step {first} of {steps} ({trained / 60:.0f} min trained before)", flush=True)
     loss_fn = ClipLoss()
     start = time.time()
-    history = []
-    bar = tqdm(range(steps), desc="training", unit="step")
+    step = first - 1
+    bar = tqdm(range(first, steps), desc="training", unit="step", initial=first, total=steps)
     for step in bar:
         idx = sample_batch(train_birds, by_pair, args.batch_size, rng)
-        x = to_pixels(train_images[idx], mean, std)
-        if rng.random() < 0.5:
-            x = x.flip(-1)  # birds face both ways anyway; attributes do not change
-        text = tokenizer([caption(train_birds[i], rng) for i in idx])
+        x, text = training_batch(train_birds, train_images, idx, args, rng, tokenizer, mean, std)
         out = model(x.to(args.device), text.to(args.device))
         loss = loss_fn(out["image_features"], out["text_features"], out["logit_scale"])
         opt.zero_grad(set_to_none=True)
@@ -215,8 +335,13 @@ def main(argv=None) -> None:
             worst = sorted(rep["per_concept_auroc"].items(), key=lambda kv: kv[1])[:3]
             print(f"\nstep {step + 1}: val mean AUROC {rep['mean_auroc']:.3f}, min {rep['min_auroc']:.3f} "
                   f"(worst {', '.join(f'{n} {v:.2f}' for n, v in worst)}), species acc {rep['species_accuracy']:.3f}", flush=True)
-        if time.time() - start > args.minutes * 60:
-            print(f"\nstopping at step {step + 1}: time limit of {args.minutes} minutes reached", flush=True)
+        out_of_time = time.time() - start > args.minutes * 60
+        if args.checkpoint and ((step + 1) % args.checkpoint_every == 0 or out_of_time or step == steps - 1):
+            save_checkpoint(args.checkpoint, step + 1, model, opt, sched, rng, history, args,
+                            trained + time.time() - start)
+        if out_of_time:
+            print(f"\nstopping at step {step + 1}: time limit of {args.minutes} minutes reached"
+                  + (f"; continue with --resume --checkpoint {args.checkpoint}" if args.checkpoint else ""), flush=True)
             break
     model.eval()
     # Shipped in fp16 to halve the file; load_backbone casts to the requested precision.
@@ -225,8 +350,10 @@ def main(argv=None) -> None:
                                                "resize_mode": "shortest"})
     (out_dir / "training.json").write_text(json.dumps({
         "model": MODEL_NAME, "config": MODEL_CFG, "seed": args.seed, "n_train": args.n_train,
-        "steps_run": step + 1, "batch_size": args.batch_size, "lr": args.lr, "device": args.device,
-        "train_seconds": round(time.time() - start, 1), "history": history}, indent=2))
+        "steps_run": step + 1, "steps_planned": steps, "batch_size": args.batch_size, "lr": args.lr,
+        "device": args.device, "decorrelate": args.decorrelate, "part_captions": args.part_captions,
+        "recolour_pairs": args.recolour_pairs, "train_seconds": round(trained + time.time() - start, 1),
+        "history": history}, indent=2))
     print(f"saved {out_dir}", flush=True)
 
 

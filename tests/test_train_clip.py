@@ -1,0 +1,71 @@
+"""The demo tower's training: the knobs for local colour evidence do what they say, and a run
+stopped at its time limit and resumed from its checkpoint ends with the same weights as one
+that never stopped."""
+import random
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from cbm_core.demo.train_clip import COLOUR_PARTS, main, recoloured, training_bird
+from cbm_core.demo.world import SPECIES, render, sample_bird
+
+
+def test_decorrelated_birds_draw_part_colours_independently_and_keep_the_rest():
+    birds = [training_bird(0, i, decorrelate=0.5) for i in range(400)]
+    plain = [sample_bird(0, i, "train") for i in range(400)]
+    changed = [b for b, p in zip(birds, plain) if b != p]
+    assert 0.35 < len(changed) / len(birds) < 0.65  # about half were redrawn (some redraws equal the typical)
+    for b, p in zip(birds, plain):  # species, shapes, background and pose stay
+        assert (b.species, b.background, b.pose) == (p.species, p.background, p.pose)
+        assert {a: v for a, v in b.attributes.items() if a not in COLOUR_PARTS} == \
+               {a: v for a, v in p.attributes.items() if a not in COLOUR_PARTS}
+    atypical = sum(b.attributes[a] != SPECIES[b.species].typical[a] for b in birds for a in COLOUR_PARTS)
+    assert atypical > sum(p.attributes[a] != SPECIES[p.species].typical[a] for p in plain for a in COLOUR_PARTS) * 2
+    assert [training_bird(0, i, 0.0) for i in range(20)] == plain[:20]  # off: the shipped recipe's birds
+
+
+def test_a_recoloured_twin_differs_only_at_that_part():
+    rng = random.Random(0)
+    for i in range(6):
+        bird = sample_bird(0, i, "train")
+        twin, part = recoloured(bird, rng)
+        assert twin.attributes[part] != bird.attributes[part]
+        a, masks = render(bird, 96)
+        b, _ = render(twin, 96)
+        diff = np.abs(np.asarray(a, dtype=np.int16) - np.asarray(b, dtype=np.int16)).max(axis=2) > 8
+        assert diff.any()
+        near = masks[part] | (masks["crest"] if part == "crown" else False)  # a crest wears the crown's colour
+        # allow the anti-aliased rim: pixels within 2 px of the part
+        from scipy.ndimage import binary_dilation
+
+        assert diff[~binary_dilation(near, iterations=2)].mean() < 0.002, part
+
+
+def _run(tmp_path, name, *extra):
+    out = tmp_path / name
+    main(["--out", str(out), "--n-train", "64", "--n-val", "16", "--batch-size", "16", "--epochs", "1.0",
+          "--device", "cpu", "--threads", "1", "--decorrelate", "0.3", "--part-captions", "0.3",
+          "--recolour-pairs", "4", *extra])
+    return load_file(str(next(out.glob("*.safetensors"))))
+
+
+def test_a_stopped_run_resumes_to_the_same_weights(tmp_path):
+    whole = _run(tmp_path, "whole")
+    ckpt = tmp_path / "ckpt"
+    _run(tmp_path, "first", "--checkpoint", str(ckpt), "--minutes", "0")  # stops after one step
+    assert torch.load(ckpt / "checkpoint.pt", weights_only=True)["step"] == 1
+    resumed = _run(tmp_path, "resumed", "--checkpoint", str(ckpt), "--resume")
+    assert whole.keys() == resumed.keys()
+    for k in whole:
+        assert torch.equal(whole[k], resumed[k]), k
+
+
+def test_resuming_with_other_options_is_refused(tmp_path):
+    import pytest
+
+    ckpt = tmp_path / "ckpt"
+    _run(tmp_path, "first", "--checkpoint", str(ckpt), "--minutes", "0")
+    with pytest.raises(SystemExit, match="same options"):
+        main(["--out", str(tmp_path / "x"), "--n-train", "64", "--n-val", "16", "--batch-size", "16",
+              "--epochs", "1.0", "--device", "cpu", "--checkpoint", str(ckpt), "--resume"])
