@@ -36,7 +36,7 @@ from ..concept_metrics import existence_rate, pointing_game
 from ..paraphrase import name_stability, text_layer, with_name_stability
 from ..pipeline import Pipeline
 from ..reliability import (PresenceCalibration, auroc, expected_calibration_error, extreme_concepts, fit_reliability,
-                           input_maps, labels_in_model_order, location_scores, ood_reference)
+                           labels_in_model_order, location_scores, maps_on_input, ood_reference)
 from .ood_proxies import KINDS, proxy_images
 from .paths import DEMO_BUNDLE, load_demo_features
 from .reference_images import part_annotations
@@ -96,27 +96,22 @@ def presence_measurements(model, val, test) -> dict:
 
 
 def location_measurements(pipe, n_birds: int, method: str = "dense") -> dict:
-    """Pointing game per concept through the pipeline, and how well the location score predicts a hit."""
-    from .world import CONCEPT_PART, concept_mask, render, sample_bird
-    from .splits import IMAGE_SIZE
+    """Pointing game per concept through the pipeline, and how well the location score predicts a hit.
+    The location score reads the very maps the pointing game reads (as the Inspect page does: the
+    aligned maps, taken back to the model's input by ``maps_on_input``)."""
+    from .world import CONCEPT_PART
 
     game = pointing_game(pipe, part_annotations(n_birds), method)
     rows = []
-    for i in range(n_birds):
-        bird = sample_bird(0, i, "test")
-        image, masks = render(bird, IMAGE_SIZE)
-        import io
-
-        buffer = io.BytesIO()
-        image.save(buffer, format="PNG")
-        enc = pipe.encode(buffer.getvalue(), f"test bird {i}")
-        present = [c for c in CONCEPT_PART if bird.concept_labels()[c]]
-        maps = input_maps(pipe, enc, present, method)
-        found = location_scores(pipe, enc, present, method, maps=maps)
+    for name, png, annotations in part_annotations(n_birds):
+        enc = pipe.encode(png, name)
+        present = [c for c in CONCEPT_PART if c in annotations]
         aligned = pipe.saliency(enc, method, present)
+        maps = maps_on_input(aligned, enc.size, pipe.backbone.resize_mode, tuple(enc.pixels.shape[-2:]))
+        found = location_scores(pipe, enc, present, method, maps=maps)
         for j, c in enumerate(present):
             peak = np.unravel_index(int(aligned[j].argmax()), aligned[j].shape)
-            rows.append((bool(concept_mask(masks, c)[peak]), found[c]))
+            rows.append((bool(annotations[c].mask[peak]), found[c]))
     hit = torch.tensor([float(h) for h, _ in rows])
     spec = torch.tensor([f.specificity for _, f in rows])
     conc = torch.tensor([f.concentration for _, f in rows])
@@ -268,7 +263,7 @@ def write_docs(result: dict) -> Path:
                             ("random directions at matched NEC", "random_at_nec", _pct),
                             ("shuffled-word names at matched NEC", "shuffled_at_nec", _pct),
                             ("mean AUROC, score vs its own label", "label_auroc", _num),
-                            ("mean AUROC, score vs another concept's label", "shuffled_label_auroc", _num)):
+                            ("mean AUROC, score vs the other concepts' labels", "shuffled_label_auroc", _num)):
         L.append(f"| {label} | {fmt(a1.get(key))} | {fmt(a2.get(key))} |")
     L += [f"| verdict | {a1['verdict']} | {a2['verdict']} |", "",
           "Reading: neither model bypasses its concepts (with every concept absent, both fall to chance; no residual "
