@@ -180,12 +180,15 @@ def cmd_predict(args) -> None:
         top = exp.classes_frame(0, args.top)
         concepts = exp.to_frame(0).head(args.top)
         trust = reliability(pipe.model, exp, 0, embedding=encoded.embedding)  # how far to believe it
-        p_present = dict(zip(trust.concepts, trust.p_present.tolist()))
+        believe = trust.to_frame().set_index("concept")
         results.append({"image": path, "prediction": top["class"][0],
                         "top_classes": top.to_dict(orient="records"),
-                        "top_concepts": [{**c, "p_present": p_present[c["concept"]]} for c in
+                        "top_concepts": [{**c, "read_as": believe.loc[c["concept"], "read_as"],
+                                          "p_present": float(believe.loc[c["concept"], "p_present"]),
+                                          "flag": believe.loc[c["concept"], "flag"]} for c in
                                          concepts[["concept", "score", "percentile", "contribution"]].to_dict(orient="records")],
-                        "notes": notes, "ood": trust.ood.to_dict(), "probably_absent": trust.probably_absent(args.top)})
+                        "notes": notes, "ood": trust.ood.to_dict(), "presence_from": trust.calibration.method,
+                        "probably_absent": trust.probably_absent(args.top)})
     if args.json:
         print(json.dumps(results, indent=2))  # failed images too, in order, each with its reason
     else:
@@ -198,10 +201,12 @@ def cmd_predict(args) -> None:
             if r["ood"]["verdict"] != "typical":
                 print(f"warning: {printable(r['image'])}: {r['ood']['message']}", file=sys.stderr)
             probs = ", ".join(f"{c['class']} {c['probability']:.1%}" for c in r["top_classes"])
-            why = ", ".join(f"{c['concept']} ({c['contribution']:+.2f})" for c in r["top_concepts"])
+            why = ", ".join(f"{c['concept']} ({c['contribution']:+.2f}, {c['read_as']}, p(present) {c['p_present']:.2f})"
+                            for c in r["top_concepts"])
             print(f"{printable(r['image'])}: {r['prediction']}  [{probs}]\n    because: {why}")
             if r["probably_absent"]:
                 print(f"    doubtful: {', '.join(r['probably_absent'])} (read as present, probably not there)")
+            print(f"    image: {r['ood']['summary']}")
     if failed:
         raise SystemExit(1)
 

@@ -237,13 +237,19 @@ def audit_badge(model) -> None:
     audit = stored_audit(model) or _peek(model, "audit")
     if audit is None:
         st.markdown(":gray-badge[:material/help: Concept use: not audited] — run the audit at the bottom of the page.")
-    elif audit.passed:
-        st.markdown(":green-badge[:material/verified: Uses its concepts] — bypass, leakage and baselines checked "
-                    f"on {audit.tested_on or f'{audit.n_test} images'}.")
+        return
+    where = audit.tested_on or f"{audit.n_test} images"
+    weak_names = [name for name, ok, _ in audit.name_checks() if not ok]
+    if not audit.uses_concepts:
+        failed = [name for name, ok, _ in audit.checks() if not ok and name in audit.USE_CHECKS]
+        st.markdown(f":orange-badge[:material/warning: Concept audit: {', '.join(failed)}] — the predictions do not rest on "
+                    f"the concepts alone; see the audit at the bottom of the page ({where}).")
+    elif weak_names:
+        st.markdown(":green-badge[:material/verified: Uses its concepts] "
+                    f":orange-badge[:material/help: Names not shown to matter: {', '.join(weak_names)}] — "
+                    f"see the audit at the bottom of the page ({where}).")
     else:
-        failed = [name for name, ok, _ in audit.checks() if not ok]
-        st.markdown(f":orange-badge[:material/warning: Concept audit: {', '.join(failed)}] — see the audit at the bottom "
-                    "of the page.")
+        st.markdown(f":green-badge[:material/verified: Uses its concepts] — bypass, leakage and baselines checked on {where}.")
 
 
 def labels_for(model, feats):
