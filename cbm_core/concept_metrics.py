@@ -138,11 +138,14 @@ def default_tolerance(size: tuple[int, int]) -> float:
 class PointingResult:
     """frame: per concept — n (annotated images where the model knows the concept), hits, pointing_game,
     chance (mean share a random point would hit); unknown: annotated concepts the model does not have;
-    failed: (image name, reason) for images that could not be read."""
+    failed: (image name, reason) for images that could not be read; method: the saliency method;
+    measured_on: the images, in words (both set when stored with a model, ``with_pointing``)."""
 
     frame: object
     unknown: tuple[str, ...]
     failed: tuple[tuple[str, str], ...]
+    method: str = ""
+    measured_on: str = ""
 
     def elsewhere(self, threshold: float = 0.5, min_images: int = 3) -> list[str]:
         """Concepts whose maps mostly land off their part (pointing game below ``threshold`` over at
@@ -209,3 +212,46 @@ def dataset_annotations(dataset) -> list[tuple[str, str, dict]]:
             out.append((record.path.rsplit("/", 1)[-1], record.path,
                         {concept: Annotation.from_coords(coords) for concept, coords in locs}))
     return out
+
+
+POINTING_KEY = "concept_pointing"
+
+
+def with_pointing(model: ConceptBottleneckModel, result: PointingResult, method: str,
+                  measured_on: str) -> ConceptBottleneckModel:
+    """A new model whose ``metrics`` carry ``result`` (per concept n, hits, pointing game, chance), so
+    that Evaluate shows the location column without drawing maps first. Maps belong to the concept
+    layer and the backbone, so a head edit keeps it (``reliability.stored``)."""
+    from .reliability import concepts_digest
+
+    rows = [{"concept": str(r.concept), "n": int(r.n), "hits": int(r.hits), "chance": float(f"{r.chance:.6g}")}
+            for r in result.frame.itertuples()]
+    return model.with_changes(metrics={**model.metrics, POINTING_KEY: {
+        "format": 1, "concepts_sha1": concepts_digest(model.concepts.names), "method": str(method),
+        "measured_on": str(measured_on), "concepts": rows}})
+
+
+def stored_pointing(model: ConceptBottleneckModel) -> PointingResult | None:
+    """The pointing game stored with this model (``with_pointing``), or None: never stored, stored for
+    another concept list, or malformed."""
+    import pandas as pd
+
+    from .reliability import concepts_digest, stored
+
+    data = stored(model, POINTING_KEY)
+    if not isinstance(data, dict) or data.get("concepts_sha1") != concepts_digest(model.concepts.names):
+        return None
+    known, rows = set(model.concepts.names), []
+    for r in data.get("concepts") if isinstance(data.get("concepts"), list) else []:
+        try:
+            n, hits, chance = int(r["n"]), int(r["hits"]), float(r["chance"])
+        except (KeyError, TypeError, ValueError):
+            return None
+        if r.get("concept") not in known or not 0 < n or not 0 <= hits <= n or not 0 <= chance <= 1:
+            return None
+        rows.append({"concept": r["concept"], "n": n, "hits": hits, "pointing_game": hits / n, "chance": chance})
+    if not rows:
+        return None
+    frame = pd.DataFrame(rows, columns=["concept", "n", "hits", "pointing_game", "chance"])
+    return PointingResult(frame.sort_values("pointing_game").reset_index(drop=True), (), (),
+                          str(data.get("method", ""))[:40], str(data.get("measured_on", ""))[:200])

@@ -475,7 +475,7 @@ class OODResult:
         if self.percentile is not None:
             where = (f"its embedding is farther from the validation images than {self.percentile:.0f}% of them"
                      if self.percentile < 100 else "its embedding is farther from the validation images than any of them")
-            evidence = f"{where}; {ext}"
+            evidence = f"{where}; {ext}" if self.extreme else where  # "0 of 26 concept scores ..." says nothing
         else:
             evidence = ext
         if self.verdict == FOREIGN:
@@ -559,10 +559,10 @@ class LocationScore:
         return "spread out" if self.concentration < 0.05 else "elsewhere"
 
     def sentence(self) -> str:
-        """E.g. "map 31% concentrated; deleting its brightest 10% moves the score -0.82 sd (the same
-        area elsewhere -0.05): on its evidence"."""
-        return (f"map {self.concentration:.0%} concentrated; deleting its brightest {self.top_fraction:.0%} moves the "
-                f"score {-self.drop:+.2f} sd (the same area elsewhere {-self.control_drop:+.2f}): {self.verdict}")
+        """E.g. "map on its evidence: deleting its brightest 10% moves the score -0.82 sd (the same area
+        elsewhere -0.05); 31% concentrated"."""
+        return (f"map {self.verdict}: deleting its brightest {self.top_fraction:.0%} moves the score {-self.drop:+.2f} sd "
+                f"(the same area elsewhere {-self.control_drop:+.2f}); {self.concentration:.0%} concentrated")
 
 
 def input_maps(pipe, encoded, concepts: Sequence[str], method: str = "dense") -> torch.Tensor:
@@ -682,8 +682,9 @@ class ConceptReliability:
     ood: OODResult | None = None
     locations: dict = field(default_factory=dict)
 
-    def flag(self, k: int) -> str:
-        """What is doubtful about concept k, in words ('' when nothing is)."""
+    def flag(self, k: int, map_verdict: bool = True) -> str:
+        """What is doubtful about concept k, in words ('' when nothing is); ``map_verdict=False`` leaves
+        out a map that is not on its evidence (for a table that shows the map's verdict beside it)."""
         present, p = float(self.z[k]) > 0, float(self.p_present[k])
         flags = []
         if present and p < 0.5:
@@ -691,7 +692,7 @@ class ConceptReliability:
         elif not present and p > 0.5:
             flags.append(THERE)
         loc = self.locations.get(self.concepts[k])
-        if loc is not None and loc.verdict != "on its evidence":
+        if map_verdict and loc is not None and loc.verdict != "on its evidence":
             flags.append(f"map {loc.verdict}")
         if self.fragile[k]:
             flags.append("fragile name")
@@ -706,7 +707,7 @@ class ConceptReliability:
     def to_frame(self, top: int | None = None):
         """One row per concept, by |contribution| (the first ``top``): concept, read_as, contribution,
         p_present, presence_from, auroc, name_stability, fragile_name, concentration, deletion_drop,
-        control_drop, location, flag."""
+        control_drop, location, flag (every doubt) and doubt (the same without the map's verdict)."""
         import pandas as pd
 
         order = self.contribution.abs().argsort(descending=True, stable=True).tolist()
@@ -721,7 +722,7 @@ class ConceptReliability:
                 "name_stability": self.name_stability[k], "fragile_name": self.fragile[k],
                 "concentration": loc.concentration if loc else None, "deletion_drop": loc.drop if loc else None,
                 "control_drop": loc.control_drop if loc else None, "location": loc.verdict if loc else None,
-                "flag": self.flag(k)})
+                "flag": self.flag(k), "doubt": self.flag(k, map_verdict=False)})
         frame = pd.DataFrame(rows)
         frame.attrs["class"] = self.class_name
         return frame

@@ -28,7 +28,7 @@ from cbm_core.model import ConceptBottleneckModel, ConceptStats
 from cbm_core.paraphrase import name_stability, paraphrases, with_name_stability
 
 LABEL_NAMES = list(CONCEPTS)
-FITS = (rel.PRESENCE_KEY, rel.OOD_KEY, rel.NAMES_KEY, "concept_audit")
+FITS = (rel.PRESENCE_KEY, rel.OOD_KEY, rel.NAMES_KEY, "concept_audit", "concept_pointing")
 
 
 def bare(model: ConceptBottleneckModel) -> ConceptBottleneckModel:
@@ -402,3 +402,22 @@ def test_a_malformed_stored_fit_falls_back(fitted):
     assert rel.presence_calibration(model).method == "mixture"
     assert rel.ood_reference(model) is None
     assert rel.ood_check(model, torch.nn.functional.normalize(torch.randn(1, 64), dim=1))[0].method == "extreme percentiles"
+
+
+def test_a_stored_pointing_game_travels_with_the_model_and_only_for_its_concepts(fitted, tmp_path):
+    import pandas as pd
+
+    from cbm_core.concept_metrics import PointingResult, stored_pointing, with_pointing
+
+    frame = pd.DataFrame([{"concept": "red wing", "n": 10, "hits": 4, "pointing_game": 0.4, "chance": 0.027},
+                          {"concept": "red crown", "n": 5, "hits": 0, "pointing_game": 0.0, "chance": 0.007}])
+    model = with_pointing(fitted, PointingResult(frame, (), ()), "dense", "15 Toy Birds test birds")
+    loaded = stored_pointing(load_bundle(model.save(tmp_path / "b")))
+    assert loaded.method == "dense" and loaded.measured_on == "15 Toy Birds test birds"
+    assert loaded.frame.set_index("concept").pointing_game.to_dict() == {"red crown": 0.0, "red wing": 0.4}
+    assert loaded.elsewhere() == ["red crown", "red wing"]
+    assert stored_pointing(prune_concepts(model, ["red wing"]).model) is not None  # maps: the concept layer's
+    renamed = model.with_changes(concepts=ConceptBank(["x " + n for n in model.concepts.names]))
+    assert stored_pointing(renamed) is None
+    bad = dict(model.metrics["concept_pointing"], concepts=[{"concept": "red wing", "n": 3, "hits": 9, "chance": 0.1}])
+    assert stored_pointing(model.with_changes(metrics={**model.metrics, "concept_pointing": bad})) is None

@@ -18,7 +18,7 @@ from streamlit.testing.v1 import AppTest
 from cbm_core import Pipeline
 from cbm_core import reliability as rel
 from cbm_core.audit import stored_audit
-from cbm_core.concept_metrics import concept_metrics
+from cbm_core.concept_metrics import concept_metrics, stored_pointing
 from cbm_core.demo.paths import DEMO_BUNDLE, SAMPLES_DIR, load_demo_features
 from cbm_core.demo.world import CONCEPTS
 
@@ -79,7 +79,8 @@ def test_inspect_shows_presence_and_ood_equal_to_the_engine(engine):
     assert r.ood.sentence() in texts(at)  # a caption under the prediction, no warning
     assert not any("unlike the training data" in t for t in texts(at))
     shown = table(at, "p(present)")
-    want = r.to_frame(top=10)
+    frame = r.to_frame()
+    want = frame[frame.contribution != 0].head(10)  # the concepts the explanation uses
     assert list(shown.concept) == list(want.concept)
     assert np.allclose(shown["p(present)"].astype(float), want.p_present, atol=1e-6)
     assert np.allclose(shown["contribution"].astype(float), want.contribution, atol=1e-6)
@@ -90,7 +91,8 @@ def test_inspect_shows_presence_and_ood_equal_to_the_engine(engine):
     assert any("Presence probabilities are calibrated on 1600 labelled images" in t for t in texts(at))
     # Nothing on the page reads NaN.
     assert not any("nan" in t.lower().split() for t in texts(at))
-    assert not shown.drop(columns=["AUROC", "name stability"]).isna().any().any()
+    assert not shown.drop(columns=["AUROC", "name stability"], errors="ignore").isna().any().any()
+    assert list(shown.doubt) == [d or "–" for d in want.doubt]
 
 
 def test_inspect_warns_about_an_image_unlike_the_training_data(engine):
@@ -102,6 +104,7 @@ def test_inspect_warns_about_an_image_unlike_the_training_data(engine):
     assert r.ood.verdict == rel.FOREIGN
     assert [e.value for e in at.error] == [r.ood.sentence()]
     assert "unlike the training data" in at.error[0].value
+    assert any("not like the images these probabilities were calibrated on" in w.value for w in at.warning)
 
 
 def test_inspect_opens_a_concept_atlas(engine):
@@ -125,7 +128,14 @@ def test_evaluate_shows_importance_existence_and_the_audit_badge(engine):
     assert list(shown.concept) == list(want.concept)
     assert np.allclose(shown.importance.astype(float), want.importance, atol=1e-6)
     assert np.allclose(shown.existence.astype(float), want.existence.astype(float), atol=1e-6, equal_nan=True)
-    assert (shown["accuracy lost when off"].astype(float).values == want.accuracy_drop.astype(float).values).all()
+    assert np.allclose(shown["accuracy if off (pts)"].astype(float), -100 * want.accuracy_drop.astype(float), atol=1e-9)
+    pointing = stored_pointing(model)
+    if pointing is not None:  # the location column, stored with the bundle by the reliability report
+        game = pointing.frame.set_index("concept").pointing_game
+        rows = shown.set_index("concept")
+        for concept, value in game.items():
+            assert rows.loc[concept, "pointing game"] == pytest.approx(value)
+        assert any(f"Stored with the bundle: {pointing.method} maps on {pointing.measured_on}" in t for t in texts(at))
     audit = stored_audit(model)
     badge = next(t for t in texts(at) if "badge[" in t)
     if audit is None:

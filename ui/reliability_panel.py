@@ -123,11 +123,22 @@ def location_caption(found: dict, concept: str) -> str:
 
 
 def _table(frame: pd.DataFrame) -> pd.DataFrame:
+    """The engine's reliability frame as shown: None as NaN (shown '–'), columns nobody measured left out."""
     shown = pd.DataFrame({
         "concept": frame.concept, "read as": frame.read_as, "contribution": frame.contribution,
-        "p(present)": frame.p_present, "AUROC": frame.auroc, "name stability": frame.name_stability,
-        "map": frame.location.fillna("–"), "doubt": frame.flag.replace("", "–")})
-    return shown
+        "p(present)": frame.p_present, "doubt": frame.doubt.replace("", "–"), "map": frame.location.fillna("–"),
+        "AUROC": pd.to_numeric(frame.auroc, errors="coerce"),
+        "name stability": pd.to_numeric(frame.name_stability, errors="coerce")})
+    return shown[[c for c in shown if not (c in ("AUROC", "name stability") and shown[c].isna().all())]]
+
+
+_FORMAT = {"contribution": "{:+.2f}", "p(present)": "{:.2f}", "AUROC": "{:.3f}", "name stability": "{:.2f}"}
+
+
+def _show(frame: pd.DataFrame, key: str) -> None:
+    shown = _table(frame)
+    st.dataframe(shown.style.format({k: v for k, v in _FORMAT.items() if k in shown}, na_rep="–"), hide_index=True,
+                 width="stretch", key=key, column_config={"doubt": st.column_config.TextColumn(width="medium")})
 
 
 @st.fragment
@@ -139,15 +150,19 @@ def explanation_section(pipe, explanation, index: int, enc, method: str = "dense
     kept = st.session_state.get("reliability_locations")
     found = kept[1] if kept is not None and kept[0][:2] == (id(pipe.model), enc.digest) else {}
     r = rel.reliability(model, explanation, index, embedding=enc.embedding, locations=found)
+    if r.ood is not None and r.ood.warn:
+        st.warning("This image is not like the images these probabilities were calibrated on: read them as the "
+                   "model's guess, not as evidence.", icon=":material/travel_explore:")
     doubtful = r.probably_absent(5)
     if doubtful:
         st.warning(f"Read as present but probably not there: **{', '.join(doubtful)}** — among the five concepts this "
                    f"prediction leans on most. Check the image (and the atlas below) before trusting the explanation.",
                    icon=":material/report:")
-    frame = r.to_frame(top=10)
-    st.dataframe(_table(frame).style.format({"contribution": "{:+.2f}", "p(present)": "{:.2f}", "AUROC": "{:.3f}",
-                                             "name stability": "{:.2f}"}, na_rep="–"),
-                 hide_index=True, width="stretch", key="reliability_table")
+    frame = r.to_frame()
+    used = frame[frame.contribution != 0].head(10)  # the explanation: the concepts that count towards the class
+    _show(used if len(used) else frame.head(10), "reliability_table")
+    with st.expander(f"Every concept ({len(frame)})"):
+        _show(frame, "reliability_table_all")
     notes = [r.calibration.describe()]
     if any(a is not None for a in r.auroc):
         notes.append("AUROC: how well the concept's score separates labelled images with and without it"
@@ -162,7 +177,7 @@ def explanation_section(pipe, explanation, index: int, enc, method: str = "dense
     notes.append("Map: does deleting the map's brightest 10 % lower the concept's score more than deleting the same "
                  "area elsewhere (measured for the maps shown above)?")
     st.caption(" ".join(notes))
-    atlas_picker(pipe, list(frame.concept[:6]), method)
+    atlas_picker(pipe, list((used if len(used) else frame).concept[:6]), method)
 
 
 def atlas_picker(pipe, concepts, method: str) -> None:
@@ -287,14 +302,18 @@ def evaluate_section(pipe, model, feats) -> None:
     if stab is not None:
         shown = shown.merge(stab[["concept", "min_agreement", "fragile"]].rename(
             columns={"min_agreement": "name stability", "fragile": "fragile name"}), on="concept", how="left")
-    shown = shown.rename(columns={"accuracy_drop": "accuracy lost when off", "top_uses": "top-5 uses",
-                                  "claimed_present": "claimed present"})
-    fmt = {"importance": "{:.1%}", "accuracy lost when off": "{:+.1%}", "existence": "{:.0%}",
-           "pointing_game": "{:.0%}", "chance": "{:.1%}", "name stability": "{:.2f}"}
+    # The engine's accuracy_drop is what switching the concept off costs; shown as the change it makes
+    # (+ = accuracy goes up without it), in points, so that a spurious concept reads as a gain.
+    shown["accuracy_drop"] = -100 * pd.to_numeric(shown["accuracy_drop"], errors="coerce")
+    shown = shown.rename(columns={"accuracy_drop": "accuracy if off (pts)", "top_uses": "top-5 uses",
+                                  "claimed_present": "claimed present", "pointing_game": "pointing game"})
+    fmt = {"importance": "{:.1%}", "accuracy if off (pts)": "{:+.1f}", "existence": "{:.0%}",
+           "pointing game": "{:.0%}", "chance": "{:.1%}", "name stability": "{:.2f}"}
     st.dataframe(shown.style.format({k: v for k, v in fmt.items() if k in shown}, na_rep="–"), hide_index=True,
                  width="stretch", key="concept_metrics_table")
     st.caption("Importance: the concept's share of the evidence behind the predictions (mean |contribution| to the "
-               "predicted class). Existence: when it is among an image's five largest contributions and read as "
+               "predicted class). Accuracy if off: the change in accuracy when the concept is switched off (set to its "
+               "training average) for every image. Existence: when it is among an image's five largest contributions and read as "
                "present, how often it really is there" + (" (by the concept labels)." if labels is not None else
                                                           " — needs concept labels, which this data has not.")
                + " Pointing game: is the map's maximum on the part the concept names?")
@@ -308,10 +327,10 @@ def evaluate_section(pipe, model, feats) -> None:
 
 def location_section(pipe, model):
     """The pointing game: on Toy Birds test birds (their part masks) or on a CSV's loc:<concept> columns."""
-    from cbm_core.concept_metrics import dataset_annotations, pointing_game
+    from cbm_core.concept_metrics import dataset_annotations, pointing_game, stored_pointing
 
-    found = _peek(model, "pointing")
-    with st.expander("Location: do the maps land on the parts? (pointing game)", expanded=found is not None):
+    found = _peek(model, "pointing") or stored_pointing(model)
+    with st.expander("Location: do the maps land on the parts? (pointing game)", expanded=False):
         method = st.radio("Map", ["dense", "dense-surgery", "gradcam"], horizontal=True, key="pointing_method")
         if common.is_toy_birds(model):
             n = 30
@@ -345,7 +364,9 @@ def location_section(pipe, model):
             for name, why in found.failed[:5]:
                 st.caption(f"Skipped {name}: {why}")
         if found is not None:
-            st.caption(f"{int(found.frame.n.sum())} maps checked; chance is the share of the image a random point would hit.")
+            where = (f"Stored with the bundle: {found.method} maps on {found.measured_on}; " if found.measured_on else "")
+            st.caption(f"{where}{int(found.frame.n.sum())} maps checked; chance is the share of the image a random point "
+                       "would hit.")
     return found
 
 
