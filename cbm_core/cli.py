@@ -505,12 +505,16 @@ def cmd_report(args) -> None:
         from .bundle import load_bundle
 
         model = load_bundle(args.bundle)
-    evaluation = _labelled_features(model, args, args.data, args.split)[0] if args.data else None
+    evaluation, trust = None, None
+    if args.data:
+        evaluation, labels = _labelled_features(model, args, args.data, args.split)
+        if args.images:
+            trust = _reliability_fit(model, evaluation, labels, args.data)
     if args.images:
         report = explanation_report(pipe, args.images, intervention=intervention, spurious=args.spurious or (),
                                     counterfactual=args.counterfactual or RUNNER_UP, saliency=args.saliency,
                                     model_card_section=True, evaluation=evaluation, evaluation_name=args.data,
-                                    title=args.title)
+                                    title=args.title, reliability_model=trust)
     else:
         if intervention is not None or args.spurious:
             raise CBMError("--intervention and --spurious apply to images; name the images to explain.")
@@ -522,6 +526,27 @@ def cmd_report(args) -> None:
           + ")")
     if report.skipped:
         raise SystemExit(1)
+
+
+def _reliability_fit(model, features, labels, name: str):
+    """``model`` with its presence calibration and out-of-distribution reference fitted on ``features``
+    (``labels``: their concept labels in the model's order, or None), unless its bundle stores them; None
+    (the report then falls back to the model's training statistics) when the data is too small to fit."""
+    import dataclasses
+
+    from .reliability import OOD_KEY, PRESENCE_KEY, fit_reliability, stored
+
+    if stored(model, PRESENCE_KEY) is not None and stored(model, OOD_KEY) is not None:
+        return model
+    if labels is not None:
+        features = dataclasses.replace(features, concept_labels=labels)
+    try:
+        return fit_reliability(model, features, label_names=model.concepts.names if labels is not None else None,
+                               fitted_on=name)
+    except (ValueError, CBMError) as exc:
+        print(f"note: how far to believe each explanation is judged from the model's training statistics alone "
+              f"({name} could not be used: {exc})", file=sys.stderr)
+        return None
 
 
 def _requested_recipe(argv) -> str:
@@ -705,9 +730,10 @@ def build_parser(recipe_name: str = "pcbm") -> argparse.ArgumentParser:
                                       "its model card (no images: the model card alone)")
     r.add_argument("images", nargs="*", help="images to explain")
     r.add_argument("--out", required=True, help="report.html, or report.pdf (the PDF needs chromium and "
-                                                "pip install -r requirements-report.txt)")
-    r.add_argument("--data", default=None, help="labelled images to measure the model on for its card: a folder of "
-                                                "class sub-folders, a CSV, or " + ", ".join(DEMO_DATA))
+                                                "Playwright, which requirements-dev.txt installs)")
+    r.add_argument("--data", default=None, help="labelled held-out images to measure the model on for its card, and "
+                                                "to judge how far to believe each explanation: a folder of class "
+                                                "sub-folders, a CSV, or " + ", ".join(DEMO_DATA))
     r.add_argument("--split", default=None, help="with a CSV: the 'split' value to use")
     r.add_argument("--allow-outside-paths", action="store_true", help="with a CSV: accept paths outside its folder")
     r.add_argument("--spurious", action="append", metavar="CONCEPT",

@@ -20,6 +20,7 @@ from cbm_core import CBMError
 from cbm_core.report import browser
 from cbm_core.report.export import RUNNER_UP, Report, explanation_report, model_card
 from ui import common
+from ui.reliability_panel import reliable_model
 
 
 def _stem(text: str) -> str:
@@ -81,10 +82,13 @@ def explanation_section(pipe, images: Mapping[str, bytes], key: str, *, interven
         names = dict(images)
         chosen = tuple(spurious)
         target = counterfactual if counterfactual in (None, RUNNER_UP) or counterfactual in model.classes else RUNNER_UP
+        # The presence calibration and out-of-distribution reference Inspect's reliability panel shows (fitted
+        # once per model and process, on the validation data the panel finds), so the report says the same.
+        trust = reliable_model(model)
 
         def make() -> Report:
             return explanation_report(pipe, names, intervention=intervention, spurious=chosen, counterfactual=target,
-                                      title=None)
+                                      title=None, reliability_model=trust)
 
         what = (f"why the model decides as it does for {len(names)} image{'s' * (len(names) != 1)}"
                 + (", with your changes" if intervention else ""))

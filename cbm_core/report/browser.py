@@ -1,6 +1,6 @@
 """Chromium, for what a report needs a browser for: plotly figures as static SVG, and the PDF.
 
-Both come from one headless chromium driven by Playwright (``pip install -r requirements-report.txt``;
+Both come from one headless chromium driven by Playwright (``pip install -r requirements-dev.txt`` pins it;
 the browser is the system's: Debian's ``chromium``, or any path in ``$CBM_CHROMIUM``). The SVGs are
 drawn by plotly.js itself (``Plotly.toImage``, loaded from the plotly package, never from the network),
 so a figure in a report is the same figure a page shows. The PDF is the report's own HTML printed by
@@ -52,8 +52,8 @@ def unavailable() -> str | None:
     try:
         import playwright  # noqa: F401
     except ImportError:
-        return ("Making a PDF needs Playwright: pip install -r requirements-report.txt (it drives the system's "
-                "chromium; the HTML report needs neither).")
+        return ("Making a PDF needs Playwright: pip install -r requirements-dev.txt (it drives the system's chromium; "
+                "the HTML report needs neither).")
     if find_chromium() is None:
         where = os.environ.get("CBM_CHROMIUM")
         return (f"Making a PDF needs chromium, and '{where}' ($CBM_CHROMIUM) is not a file." if where else
@@ -146,10 +146,23 @@ def _figure_svgs(browser, figures, timeout_ms: float) -> list[str]:
                                 [spec, width, height])
             if not isinstance(uri, str) or not uri.startswith("data:image/svg+xml"):
                 raise CBMError("plotly.js did not return an SVG image for a figure of the report.")
-            uris.append(uri)
+            uris.append(_without_ligatures(uri))
         return uris
     finally:
         context.close()
+
+
+def _without_ligatures(uri: str) -> str:
+    """The SVG data URI with ligatures switched off: a PDF's text must read 'finch', not 'ﬁnch' (U+FB01), so
+    that a reader's search and copy find the words (report.css does the same for the document)."""
+    import re
+    from urllib.parse import quote, unquote
+
+    head, _, body = uri.partition(",")
+    if ";base64" in head:
+        return uri
+    svg = re.sub(r"(<svg\b[^>]*>)", r"\1<style>text { font-variant-ligatures: none; }</style>", unquote(body), count=1)
+    return f"{head},{quote(svg, safe='')}"
 
 
 def _print(browser, html: str, timeout_ms: float) -> bytes:

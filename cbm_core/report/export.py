@@ -54,10 +54,16 @@ Absence is evidence too: a model may favour a land bird because there is <i>no</
 present concepts, hatched bars absent ones.</li>
 <li><b>Scores.</b> A class's score is a logit: a lead of 1 point multiplies its odds against the other class
 by about 2.7, a lead of 2 by about 7.4. The probabilities say the same on a 0–100 % scale.</li>
-<li><b>How the score adds up.</b> Each bar starts where the previous one ended: the bias (the class's
-starting point), then each concept's push, then the rest summed; the last bar is the final score.</li>
+<li><b>How the score adds up.</b> Each bar starts where the previous one ended: the class's starting point,
+then each concept's push, then the other concepts summed; the last bar is the total score.</li>
 <li><b>Heat maps</b> show where in the image the model sees a concept (yellow: strongly; dark blue: weakly).
-They are a guide to where it looked, not proof that the concept is there.</li>
+They are a guide to where it looked, not proof that the concept is there; the map of an absent concept shows
+where it is least absent. Under each map: present or absent, and how much the concept added to the class's score
+(+) or took from it (−).</li>
+<li><b>How far to believe it.</b> Whether the image resembles the images the model was made with (if not, its
+explanation may mean nothing); for each concept the explanation leans on, the chance that it is really in the
+image; and whether its heat map is “on its evidence”: blanking the map's brightest tenth lowers the concept's
+score clearly more than blanking the same area elsewhere (“spread out” or “elsewhere” when not).</li>
 <li><b>What if.</b> “Your changes” shows the prediction after concepts were switched off or set by hand;
 “Smallest change” shows the fewest concept changes (each kept within what training images show) that would
 make the runner-up win. Together they say how much the decision rests on a few concepts.</li>
@@ -293,7 +299,7 @@ def _spurious_hits(directions, spurious: Sequence[str], top: int = 3) -> list:
 
 def explanation_report(pipeline, images, *, intervention: Intervention | None = None,
                        counterfactual: str | None = RUNNER_UP, spurious: Sequence[str] = (),
-                       saliency: str = "dense", maps: int = 3, reliability=None,
+                       saliency: str = "dense", maps: int = 3, reliability: bool = True, reliability_model=None,
                        model_card_section: bool = False, evaluation=None, evaluation_name: str | None = None,
                        title: str | None = None, max_details: int = 12) -> Report:
     """A report on why ``pipeline``'s model predicts what it does for ``images``.
@@ -306,9 +312,12 @@ def explanation_report(pipeline, images, *, intervention: Intervention | None = 
     several images, a gallery first, flagging images whose prediction leans on a concept in
     ``spurious`` (one of the three largest contributions, pushing for the predicted class).
 
-    reliability: how far to believe each concept for each image (presence, location,
-    out-of-distribution), filled in by the caller: a mapping image name -> a table (a pandas frame or
-    a list of dicts, one row per concept) or a sentence; shown as given, escaped.
+    reliability: per image, how far to believe its explanation (``cbm_core.reliability``): whether the
+    image is like the data the model was made with, and for each concept shown whether it is probably
+    there and whether its heat map sits on its evidence (one extra forward pass per image).
+    reliability_model: the model whose stored presence calibration and out-of-distribution reference
+    are used (``fit_reliability(model, validation_features)``); default the pipeline's model, which
+    without them falls back to its training statistics (the report says so).
     model_card_section: append the full model card (with ``evaluation`` data, if given).
     """
     model = pipeline.model
@@ -324,6 +333,13 @@ def explanation_report(pipeline, images, *, intervention: Intervention | None = 
         raise CBMError("None of the images could be read, so there is nothing to report" + (f" ({reasons})." if reasons else "."))
     exp = pipeline.explain_encoded([i.encoded for i in items])
     after = pipeline.explain_encoded([i.encoded for i in items], intervention) if intervention else None
+    trust_model = _trust_model(model, reliability_model) if reliability else None
+    ood = {}
+    if trust_model is not None:
+        from ..reliability import ood_check
+
+        embeddings = torch.stack([i.encoded.embedding.reshape(-1).float() for i in items])
+        ood = dict(enumerate(ood_check(trust_model, embeddings, exp.scores)))
 
     names = [i.name for i in items]
     many = len(items) > 1
@@ -336,11 +352,11 @@ def explanation_report(pipeline, images, *, intervention: Intervention | None = 
     for n, item in enumerate(items):
         flags[n] = _spurious_hits(concept_directions(exp, n), spurious) if spurious else []
     if many or failed:
-        body.append(_gallery(items, exp, flags, spurious, failed))
+        body.append(_gallery(items, exp, flags, spurious, failed, ood))
     figs: list = []
     for n, item in enumerate(items[:max_details]):
         body.append(_image_detail(pipeline, item, n, len(items), exp, after, intervention, counterfactual, flags[n],
-                                  saliency, maps, _reliability_for(reliability, item.name, n)))
+                                  saliency, maps, trust_model))
     if len(items) > max_details:
         body.append(f'<p class="note">Details are shown for the first {max_details} images; the gallery lists all '
                     f"{len(items)}.</p>")
@@ -358,18 +374,16 @@ def _model_name(model) -> str:
     return f"{cls.title} ({name})" if cls is not None and cls.title != name else name
 
 
-def _reliability_for(reliability, name: str, index: int):
-    if reliability is None:
-        return None
-    if isinstance(reliability, Mapping):
-        return reliability.get(name)
-    try:
-        return reliability[index]
-    except (IndexError, TypeError):
-        return None
+def _trust_model(model, given):
+    """The model whose reliability fits to use: ``given`` when it describes the same concepts, else ``model``."""
+    if given is None:
+        return model
+    if tuple(given.concepts.names) != tuple(model.concepts.names) or tuple(given.classes) != tuple(model.classes):
+        raise CBMError("reliability_model has other concepts or classes than the model the report explains.")
+    return given  # only its concept layer, statistics and stored fits are read, which a head edit leaves alone
 
 
-def _gallery(items, exp, flags, spurious, failed) -> str:
+def _gallery(items, exp, flags, spurious, failed, ood) -> str:
     cards = []
     for n, item in enumerate(items):
         pred = exp.class_names[int(exp.predicted[n])]
@@ -385,8 +399,10 @@ def _gallery(items, exp, flags, spurious, failed) -> str:
             flag = ('<div class="flag">Leans on ' + ", ".join(
                 f"{_e(r.concept)} ({'present' if r.present else 'absent'}, {r.contribution:+.2f})" for r in flags[n])
                 + "</div>")
+        if n in ood and ood[n].warn:
+            flag += f'<div class="flag">{_e(_OOD_HEADLINE[ood[n].verdict][0])}</div>'
         cards.append(f'<div class="card{" flagged" if flags[n] else ""}"><img src="{thumb}" alt="{_e(item.name)}">'
-                     f'<div class="card-name">{_e(item.name)}</div>'
+                     f'<div class="card-name">{_breakable(item.name)}</div>'
                      f'<div class="card-pred"><b>{_e(pred)}</b> · {prob:.0%}</div>{verdict}{flag}</div>')
     rule = ""
     if spurious:
@@ -403,7 +419,7 @@ def _gallery(items, exp, flags, spurious, failed) -> str:
 
 
 def _image_detail(pipeline, item, n, count, exp, after, intervention, cf_target, flagged, method, n_maps,
-                  reliability) -> str:
+                  trust_model) -> str:
     model = pipeline.model
     classes = list(exp.class_names)
     pred_k = int(exp.predicted[n])
@@ -415,11 +431,13 @@ def _image_detail(pipeline, item, n, count, exp, after, intervention, cf_target,
 
     # The answer first: the prediction, what the file name says, a spurious cue it leans on.
     truth = label_from_filename(item.name, classes)
-    lines = [f'<p class="verdict">The model calls this image <b>{_e(pred)}</b> ({float(exp.probs[n, pred_k]):.1%}).</p>']
+    said = ""
     if truth is not None:
-        lines.append('<p class="ok">The file name names this class: the prediction matches it.</p>' if truth == pred else
-                     f'<p class="miss">The file name says <b>{_e(truth)}</b> (the model gives it '
-                     f"{float(exp.probs[n, classes.index(truth)]):.1%}): the prediction differs.</p>")
+        said = (' <span class="ok">The file name names this class: the prediction matches it.</span>' if truth == pred else
+                f' <span class="miss">The file name says <b>{_e(truth)}</b> (the model gives it '
+                f"{float(exp.probs[n, classes.index(truth)]):.1%}): the prediction differs.</span>")
+    lines = [f'<p class="verdict">The model calls this image <b>{_e(pred)}</b> ({float(exp.probs[n, pred_k]):.1%}).'
+             f"{said}</p>"]
     if flagged:
         lines.append('<p class="flag">This prediction leans on a concept marked as spurious: '
                      + "; ".join(_e(r.sentence) for r in flagged) + ".</p>")
@@ -436,16 +454,19 @@ def _image_detail(pipeline, item, n, count, exp, after, intervention, cf_target,
                  f'<div><div class="because-title">Mainly because</div><ul class="because">{because}</ul>{residual}</div></div>')
 
     # The picture, and where the model sees the concepts that matter, side by side at one size.
-    parts.append(_pictures(pipeline, item, directions, flagged, method, n_maps, pred))
+    pictures, shown, maps = _pictures(pipeline, item, directions, flagged, method, n_maps, pred)
+    parts.append(pictures)
+    if trust_model is not None:  # right under the maps: is each concept there, is its map on it
+        parts.append(_trust_block(pipeline, trust_model, item, exp, n, directions, shown, maps, method))
 
     # The score, concept by concept: the prediction and the runner-up.
     pred_dirs = dict(zip(directions.concept, directions.direction))
-    left = figures.waterfall_bars(exp.waterfall(n), pred_dirs, f"Why {pred}")
+    left = figures.waterfall_bars(_in_words(exp.waterfall(n)), pred_dirs, f"Why {pred}")
     right = ""
     if runner_k is not None:
         other = classes[runner_k]
         against = concept_directions(exp, n, runner_k)
-        right = figures.waterfall_bars(exp.waterfall(n, runner_k), dict(zip(against.concept, against.direction)),
+        right = figures.waterfall_bars(_in_words(exp.waterfall(n, runner_k)), dict(zip(against.concept, against.direction)),
                                        f"Why not {other} ({float(exp.probs[n, runner_k]):.1%})")
     parts.append(f'<div class="scores"><h3>How the score adds up</h3><div class="row two"><div>{left}</div><div>{right}</div></div>'
                  f"{figures.direction_legend(note=False)}</div>")
@@ -460,14 +481,21 @@ def _image_detail(pipeline, item, n, count, exp, after, intervention, cf_target,
             boxes.append(_counterfactual_block(model, item, target, pred))
     if boxes:
         parts.append(f'<div class="row two whatif">{"".join(f"<div>{b}</div>" for b in boxes)}</div>')
-    if reliability is not None:
-        parts.append(_reliability_block(reliability))
     return (f'<section class="image-detail"><div class="kind">Image {n + 1} of {count}</div><h2>{_e(item.name)}</h2>'
             + "".join(parts) + "</section>")
 
 
-def _pictures(pipeline, item, directions, flagged, method, n_maps, pred) -> str:
-    """The image and its heat maps for the concepts that pushed most (and any spurious one it leans on)."""
+def _in_words(waterfall):
+    """A waterfall frame whose fixed steps read as words ("starting point", "total score"), not "bias", "logit"."""
+    frame = waterfall.copy()
+    frame.loc[frame["kind"] == "bias", "label"] = "starting point"
+    frame.loc[frame["kind"] == "total", "label"] = "total score"
+    return frame
+
+
+def _pictures(pipeline, item, directions, flagged, method, n_maps, pred):
+    """The image and its heat maps for the concepts that pushed most (and any spurious one it leans on).
+    Returns (html, the concepts mapped, their maps (K, h, w) at the size drawn)."""
     from PIL import Image
 
     w, h = item.encoded.size
@@ -488,8 +516,7 @@ def _pictures(pipeline, item, directions, flagged, method, n_maps, pred) -> str:
     for k, concept in enumerate(chosen[:len(maps)]):
         row = rows.loc[concept]
         state = "present" if row.present else "absent"
-        effect = (f"pushes {row.pushes} {pred} ({row.contribution:+.2f})" if row.contribution != 0
-                  else f"does not count towards {pred}")
+        effect = f"{row.contribution:+.2f}" if row.contribution != 0 else "does not count"
         uri = _data_uri(figures.overlay_picture(picture, maps[k].numpy(), seen))
         tiles.append(f'<figure class="map{"" if row.present else " absent"}"><img src="{uri}" alt="{_e(concept)}">'
                      f"<figcaption><b>{_e(concept)}</b><br>{state} (p{row.percentile:.0f}) · {_e(effect)}</figcaption></figure>")
@@ -498,31 +525,34 @@ def _pictures(pipeline, item, directions, flagged, method, n_maps, pred) -> str:
     how = {"dense": "dense concept maps", "dense-surgery": "dense concept maps with the shared part removed",
            "gradcam": "Grad-CAM"}.get(method, method)
     if not note:
-        note = (f"Heat maps ({how}), each scaled to its own range. A map of an absent concept shows where it is least "
-                "absent, not where it is." + (" The white frame marks the part of the picture the model saw (it crops "
-                                              "the centre)." if cropped else ""))
+        note = (f"Heat maps ({how}), each scaled to its own range." + (
+            " The white frame marks the part of the picture the model saw (it crops the centre)." if cropped else ""))
     legend = (f'<div class="ramp-row"><span>weak</span><span class="ramp" style="background:linear-gradient(to right, '
               f'{ramp})"></span><span>strong</span><span class="note">{_e(note)}</span></div>') if len(maps) else \
         f'<p class="note">{_e(note)}</p>' if note else ""
-    return (f'<div class="pictures"><h3>Where the model sees the concepts that matter</h3>'
-            f'<div class="maps">{"".join(tiles)}</div>{legend}</div>')
+    html_text = (f'<div class="pictures"><h3>Where the model sees the concepts that decide {_e(pred)}</h3>'
+                 f'<div class="maps">{"".join(tiles)}</div>{legend}</div>')
+    return html_text, chosen[:len(maps)], (torch.stack([m.float() for m in maps]) if len(maps) else None)
 
 
 def _intervention_block(exp, after, n, intervention) -> str:
     classes = list(exp.class_names)
     was, now = int(exp.predicted[n]), int(after.predicted[n])
-    changes = "".join(f"<li>{_e(c)}</li>" for c in intervention.describe())
+    described = list(intervention.describe())
+    changes = (f"<p>{_e('; '.join(described))}:</p>" if len(described) <= 2 else
+               '<ul class="changes">' + "".join(f"<li>{_e(c)}</li>" for c in described) + "</ul>")
     if was == now:
-        outcome = (f"The prediction stays <b>{_e(classes[now])}</b> ({float(exp.probs[n, was]):.1%} → "
+        outcome = (f"the prediction stays <b>{_e(classes[now])}</b> ({float(exp.probs[n, was]):.1%} → "
                    f"{float(after.probs[n, now]):.1%}).")
     else:
-        outcome = (f"The prediction changes from <b>{_e(classes[was])}</b> ({float(exp.probs[n, was]):.1%}) to "
+        outcome = (f"the prediction changes from <b>{_e(classes[was])}</b> ({float(exp.probs[n, was]):.1%}) to "
                    f"<b>{_e(classes[now])}</b> ({float(after.probs[n, now]):.1%}).")
     frame = tables.probability_change(exp, after, n, top=3)
-    table = tables.html_table(frame, {"before": tables.pct, "after": tables.pct, "change": tables.pts}, "compact",
-                              numeric=("before", "after", "change"))
-    return (f'<div class="box"><h3>Your changes and what they do</h3><ul class="changes">{changes}</ul>'
-            f"<p>{outcome}</p>{table}</div>")
+    moved = [r for r in frame.to_dict("records") if r["class"] not in (classes[was], classes[now])]
+    other = max(moved, key=lambda r: abs(r["change"]), default=None)
+    also = (f' <span class="note">Next most moved: {_e(other["class"])} {tables.pct(other["before"])} → '
+            f'{tables.pct(other["after"])}.</span>' if other is not None and abs(other["change"]) >= 0.01 else "")
+    return f'<div class="box"><h3>Your changes and what they do</h3>{changes}<p>With them, {outcome}{also}</p></div>'
 
 
 def _counterfactual_block(model, item, target: str, pred: str) -> str:
@@ -536,26 +566,88 @@ def _counterfactual_block(model, item, target: str, pred: str) -> str:
     emb = item.encoded.embedding.reshape(1, -1).float()
     now = model.stats.percentile_of(model.concept_scores(emb))[0]
     names = list(model.concepts.names)
-    rows = "".join(f"<li><b>{_e(name)}</b>: from p{float(now[names.index(name)]):.0f} to p{pct:.0f}</li>"
-                   for name, _old, _new, pct in cf.changes)
+    steps = [f"<b>{_e(name)}</b>: from p{float(now[names.index(name)]):.0f} to p{pct:.0f}"
+             for name, _old, _new, pct in cf.changes]
     count = len(cf.changes)
+    listed = (f"<p>{'; '.join(steps)}.</p>" if count <= 2 else
+              '<ul class="changes">' + "".join(f"<li>{step}</li>" for step in steps) + "</ul>")
     return (f'<div class="box">{head}<p>Changing {count} concept{"s" * (count != 1)} is enough: the model would then say '
-            f"<b>{_e(target)}</b> ({float(cf.probs_before[t]):.1%} → {float(cf.probs_after[t]):.1%}).</p>"
-            f'<ul class="changes">{rows}</ul>'
-            '<p class="note">pNN: the level that NN % of training images stay below.</p></div>')
+            f"<b>{_e(target)}</b> ({float(cf.probs_before[t]):.1%} → {float(cf.probs_after[t]):.1%}).</p>{listed}</div>")
 
 
-def _reliability_block(reliability) -> str:
-    """How far to believe each concept (presence, location, out-of-distribution): shown as given."""
+# Whether an image is like the data the model was made with: a headline per verdict, and its tone.
+_OOD_HEADLINE = {
+    "typical": ("Like the images the model was made with", "ok"),
+    "unusual": ("Unusual image: read its explanation with care", "flag"),
+    "unlike the training data": ("Unlike the training data: the prediction and its explanation may mean nothing here",
+                                 "miss"),
+}
+
+
+def _trust_block(pipeline, trust_model, item, exp, n, directions, shown, maps, method) -> str:
+    """How far to believe this image's explanation, in words: is the image like the training data, and for
+    the concepts the explanation leans on, is each probably there and does its heat map sit on it."""
     import pandas as pd
 
-    if isinstance(reliability, str):
-        inner = f"<p>{_e(reliability)}</p>"
-    else:
-        frame = reliability if isinstance(reliability, pd.DataFrame) else pd.DataFrame(list(reliability))
-        numeric = tuple(c for c in frame.columns if pd.api.types.is_float_dtype(frame[c]))
-        inner = tables.html_table(frame, {c: (lambda v: f"{v:.2f}") for c in numeric}, "compact", numeric=numeric)
-    return f'<div class="box"><h3>How far to believe each concept</h3>{inner}</div>'
+    from .. import reliability as rel
+
+    locations = {}
+    if maps is not None and shown:
+        try:
+            on_input = rel.maps_on_input(maps, item.encoded.size, pipeline.backbone.resize_mode,
+                                         tuple(item.encoded.pixels.shape[-2:]))
+            locations = rel.location_scores(pipeline, item.encoded, shown, method, maps=on_input)
+        except (ValueError, CBMError, AttributeError):
+            locations = {}
+    r = rel.reliability(trust_model, exp, n, embedding=item.encoded.embedding, locations=locations)
+    ood = r.ood
+    headline, tone = _OOD_HEADLINE[ood.verdict]
+    evidence = []
+    if ood.percentile is not None:
+        evidence.append(f"more unusual than {ood.percentile:.0f}% of {_fitted_on(trust_model)}" if ood.percentile < 100
+                        else f"more unusual than any of {_fitted_on(trust_model)}")
+    if ood.extreme or ood.percentile is None:
+        evidence.append(f"{len(ood.extreme)} of {ood.n_concepts} concept scores outside everything seen in training"
+                        + (f" ({', '.join(ood.extreme[:4])}{', …' if len(ood.extreme) > 4 else ''})" if ood.extreme else ""))
+    index = {c: k for k, c in enumerate(r.concepts)}
+    leaned = list(directions[directions["contribution"] != 0].concept[:3])
+    rough = r.calibration.method == "mixture"
+    chance = "chance it is really there" + (" (rough guess)" if rough else "")
+    rows = []
+    for concept in dict.fromkeys(leaned + list(shown)):
+        k = index[concept]
+        loc = r.locations.get(concept)
+        doubts = "; ".join(d for d in r.flag(k).split("; ") if d and not d.startswith("map "))  # maps: own column
+        rows.append({"concept": concept, "the model reads it as": "present" if float(r.z[k]) > 0 else "absent",
+                     chance: f"{float(r.p_present[k]):.0%}",
+                     "its heat map": loc.verdict if loc is not None else "not drawn",
+                     "doubt": doubts or "none"})
+    table = tables.html_table(pd.DataFrame(rows), css="compact trust", numeric=(chance,))
+    doubtful = r.probably_absent(5)
+    warn = (f'<p class="flag">Read as present but probably not there: {_e(", ".join(doubtful))}. Check the image before '
+            "trusting the explanation.</p>" if doubtful else "")
+    line = f"<b>{_e(headline)}</b>" + (f" ({_e('; '.join(evidence))})" if evidence else "") + "."  # one line
+    return (f'<div class="box trust"><h3>How far to believe this explanation</h3>'
+            f'<p class="{tone}">{line}</p>{warn}{table}</div>')
+
+
+def _fitted_on(model) -> str:
+    """What the out-of-distribution reference was fitted on, in words."""
+    from .. import reliability as rel
+
+    ref = rel.ood_reference(model)
+    if ref is None:
+        return "the held-out images"
+    fitted = str(ref.fitted_on).split(",")[0].strip()  # fit_reliability appends ", N images"
+    return f"{ref.n_calibration} held-out images" + (f" of {fitted}" if fitted and len(fitted) <= 24 else "")
+
+
+def _breakable(name: str) -> str:
+    """A file name, escaped, that may wrap after '_', '-' or '.' rather than mid-word."""
+    out = _e(name)
+    for mark in ("_", "-", "."):
+        out = out.replace(mark, mark + "<wbr>")
+    return out
 
 
 def _about_model(model) -> str:
@@ -598,10 +690,11 @@ def _model_card_body(model, figs, evaluation, evaluation_name, comparison, base,
     out = []
     if heading_level == "section":
         out.append(f'<div class="kind">Model card</div><h1 class="card-title">{_e(_model_name(model))}</h1>')
+        out.append(_section("How to read this model card", HOW_TO_READ_CARD, "howto"))
     sp = model.sparsity()
     created = model.created or {}
     glance = [("model", _model_name(model)), ("backbone (image and text encoder)", model.backbone_spec),
-              ("concept layer", model.concept_layer.kind),
+              ("how concepts are scored", _layer_words(model.concept_layer)),
               ("classes", f"{len(model.classes)}: " + ", ".join(model.classes[:20]) + (" …" if len(model.classes) > 20 else "")),
               ("concepts", f"{model.n_concepts}, of which {sp['concepts_used']} are used by some class"),
               ("prompt templates", " · ".join(model.templates)),
@@ -612,7 +705,7 @@ def _model_card_body(model, figs, evaluation, evaluation_name, comparison, base,
     out.append(_section("The model at a glance", _facts(glance)))
 
     # Recipe, data, warnings.
-    recipe = _facts(list(tables.recipe_table(model).itertuples(index=False, name=None)))
+    recipe = tables.html_table(tables.recipe_table(model), css="compact recipe keep")
     warnings = model.recipe.get("warnings") or []
     warn = ""
     if warnings:
@@ -632,7 +725,11 @@ def _model_card_body(model, figs, evaluation, evaluation_name, comparison, base,
                         note="What the bundle records about the images it was fitted and validated on."))
 
     # Accuracy: recorded, and measured now.
-    perf = [tables.html_table(tables.metrics_table(m), css="compact")]
+    # Sparsity is shown under "What each class relies on", image counts under "Data".
+    recorded = tables.metrics_table(m, skip=("nonzero_fraction", "nec", "concepts_used", "n_train", "n_val",
+                                             "skipped_images"))
+    perf = [tables.html_table(recorded.rename(columns={"measure": "recorded when the bundle was saved"}),
+                              css="compact keep")] if len(recorded) else []
     if evaluation is not None:
         import pandas as pd
 
@@ -650,7 +747,7 @@ def _model_card_body(model, figs, evaluation, evaluation_name, comparison, base,
             groups = pd.DataFrame({"group": list(measured.per_group), "accuracy": list(measured.per_group.values())})
             groups = groups.sort_values("accuracy").reset_index(drop=True)
             perf.append("<h3>Accuracy per group (lowest first)</h3>"
-                        + tables.html_table(groups, {"accuracy": tables.pct}, "compact narrow", numeric=("accuracy",)))
+                        + tables.html_table(groups, {"accuracy": tables.pct}, "compact narrow keep", numeric=("accuracy",)))
     out.append(_section("How well it works", "".join(perf),
                         note="Recorded: measured when the bundle was built or last edited (accuracies measured before an "
                              "edit move into that edit's log entry)."))
@@ -667,9 +764,13 @@ def _model_card_body(model, figs, evaluation, evaluation_name, comparison, base,
 
     # Concepts with provenance.
     frame, unused = tables.concepts_table(model)
+    notes = []
+    source = "where it came from"
+    if source in frame.columns and frame[source].nunique() == 1 and len(frame) > 1:
+        notes.append(f"Every concept listed came from {frame[source].iloc[0]}.")
+        frame = frame.drop(columns=[source])
     formats = {"name similarity": lambda v: f"{v:.2f}"} if "name similarity" in frame.columns else {}
     concepts_html = tables.html_table(frame, formats, "compact", numeric=("name similarity",))
-    notes = []
     if "name similarity" in frame.columns:
         notes.append("Name similarity: how close the concept's direction is to the text of its name (DN-CBM names "
                      "learned concepts after the nearest word of a vocabulary; low values mean a loose name).")
@@ -686,6 +787,18 @@ def _model_card_body(model, figs, evaluation, evaluation_name, comparison, base,
     if comparison is not None:
         out.append(_comparison_section(comparison, figs))
     return "\n".join(out)
+
+
+def _layer_words(layer) -> str:
+    """The concept layer in words (its kind kept in brackets for whoever knows the term)."""
+    kind = getattr(layer, "kind", "?")
+    words = {"text_cosine": "how close the image is to each concept's text, in the backbone's shared image-text space",
+             "linear": "a learned weighting of the image encoding per concept"
+                       + (", trained on images labelled with their concepts"
+                          if getattr(layer, "activation", "") == "sigmoid" else ""),
+             "sae": "the features of a sparse autoencoder trained on image encodings, each named after its nearest word"
+             }.get(kind)
+    return f"{words} ({kind})" if words else str(kind)
 
 
 def _edit_log_section(model, evaluation, evaluation_name, base) -> str:

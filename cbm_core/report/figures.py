@@ -35,6 +35,7 @@ CHARTS_CSS = Path(__file__).with_name("charts.css")
 # do not grow their margins to fit long labels: the same figure then lost its class names off the left
 # edge in a report made from the app (or after any streamlit import) but not from the CLI.
 REPORT_TEMPLATE = "plotly"
+REPORT_FONT = '"Noto Sans", "DejaVu Sans", "Liberation Sans", Helvetica, Arial, sans-serif'  # report.css's
 
 # How each of the four directions is drawn: the colour says for (blue) or against (red) the class,
 # the fill says present (solid) or absent (hatched, lighter). charts.css uses the same classes.
@@ -58,7 +59,7 @@ def _fit_labels(fig: "go.Figure") -> "go.Figure":
 def for_report(fig: "go.Figure") -> "go.Figure":
     """A copy of ``fig`` drawn with ``REPORT_TEMPLATE``, so a report looks the same made anywhere."""
     go = _go()
-    return go.Figure(fig).update_layout(template=REPORT_TEMPLATE)
+    return go.Figure(fig).update_layout(template=REPORT_TEMPLATE, font_family=REPORT_FONT)
 
 
 def _text(label) -> str:

@@ -83,26 +83,46 @@ def _short(value, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+# What the fit facts a recipe records (beside its declared parameters) mean, in words.
+_RECIPE_FACTS = {
+    "name": "the method that fitted the model",
+    "tol": "the solver stops when its steps get smaller than this",
+    "n_iter": "iterations the solver ran",
+    "converged": "whether the solver settled before its iteration cap",
+}
+
+
 def recipe_table(model) -> pd.DataFrame:
-    """The recipe's name and every hyper-parameter or fit fact it recorded (warnings are listed apart)."""
+    """The recipe's name and every hyper-parameter or fit fact it recorded (warnings are listed apart),
+    each with what it means: the recipe's own help for its parameters."""
     import pandas as pd
 
+    from ..recipes import RECIPES
+
+    recipe = RECIPES.get(str(model.recipe.get("name", "")))
+    helps = {p.name: p.help for p in getattr(recipe, "params", ())}
     rows = []
     for key, value in model.recipe.items():
         if key == "warnings":
             continue
         if key == "concept_dependencies" and isinstance(value, dict):
             value = f"{value.get('structure', '?')} model over {len(value.get('names', []))} concepts"
-        rows.append((str(key).replace("_", " "), _short(value)))
-    return pd.DataFrame(rows, columns=["setting", "value"])
+        rows.append((str(key).replace("_", " "), _short(value), helps.get(key) or _RECIPE_FACTS.get(key, "")))
+    return pd.DataFrame(rows, columns=["setting", "value", "what it means"])
 
 
-def metrics_table(metrics: Mapping) -> pd.DataFrame:
-    """The metrics a bundle recorded when it was built (or after its last edit), in words."""
+# Stored in ``metrics`` but not measures of the model: fitted reliability data (``cbm_core.reliability``).
+_NOT_MEASURES = {"concept_presence", "ood_reference", "name_stability"}
+
+
+def metrics_table(metrics: Mapping, skip: tuple[str, ...] = ()) -> pd.DataFrame:
+    """The metrics a bundle recorded when it was built (or after its last edit), in words; ``skip``: keys
+    shown elsewhere."""
     import pandas as pd
 
     rows = []
-    for key in [k for k in METRIC_LABELS if k in metrics] + [k for k in metrics if k not in METRIC_LABELS]:
+    keys = [k for k in METRIC_LABELS if k in metrics] + [k for k in metrics if k not in METRIC_LABELS]
+    for key in [k for k in keys if k not in skip and k not in _NOT_MEASURES]:
         value = metrics[key]
         if isinstance(value, dict):  # per-concept measures (a supervised model's AUROC): summarised
             numbers = [v for v in value.values() if isinstance(v, (int, float)) and not isinstance(v, bool)]
