@@ -13,6 +13,7 @@ import torch
 from cbm_core import (CBMError, ConceptBank, Intervention, Pipeline, adapt_concepts, cli, concept_directions,
                       counterfactual, evaluate, load_bundle, prune_concepts, set_weight)
 from cbm_core.demo.paths import DEMO_BUNDLE, SAMPLES_DIR, load_demo_features
+from cbm_core.reliability import reliability
 from cbm_core.report import browser, figures
 from cbm_core.report.export import explanation_report, model_card
 
@@ -135,11 +136,20 @@ def test_the_explanation_report_for_the_demo_says_what_the_engine_says(pipe, why
         maps_per_image.append(1 + len(dict.fromkeys(list(top.concept) + flagged)))  # the picture + one per map
         for concept in top.concept:
             assert any(img.get("alt") == concept for img in page.images)
+        # How far to believe it: the engine's out-of-distribution verdict, and each concept it leans on, read as
+        # present or absent with the engine's chance that it is really there (the model's own statistics here).
+        trust = reliability(pipe.model, exp, n, embedding=pipe.encode(Path([STORY, ON_WATER][n])).embedding)
+        assert trust.ood.verdict == "typical" and "Like the images the model was made with" in page.all_text
+        for concept in rows[rows.contribution != 0].concept[:3]:
+            k = trust.concepts.index(concept)
+            read = "present" if float(trust.z[k]) > 0 else "absent"
+            assert f"{concept} {read} {float(trust.p_present[k]):.0%}" in page.all_text
     # Images: a thumbnail per image in the gallery, then per image its picture and one overlay per concept map.
     assert len(page.images) == len(names) + sum(maps_per_image)
     assert all(img["src"].startswith(("data:image/jpeg;base64,", "data:image/png;base64,")) for img in page.images)
     # Both demo birds lean on the water background (absent for one, present for the other): both flagged.
     assert page.classes.count("card flagged") == 2
+    assert page.all_text.count("How far to believe this explanation") == len(names)
     assert "switch off 'water background'" in page.all_text
     assert page.scripts == 0 and all(link.startswith("data:") for link in page.links)
     policy = next(m["content"] for m in page.meta if m.get("http-equiv") == "Content-Security-Policy")

@@ -748,6 +748,10 @@ def _model_card_body(model, figs, evaluation, evaluation_name, comparison, base,
             groups = groups.sort_values("accuracy").reset_index(drop=True)
             perf.append("<h3>Accuracy per group (lowest first)</h3>"
                         + tables.html_table(groups, {"accuracy": tables.pct}, "compact narrow keep", numeric=("accuracy",)))
+    if not perf:
+        perf.append("<p>The bundle records no accuracy for the model as it is now (an edit moves the accuracies measured "
+                    "before it into its log entry, below). Give labelled images to measure it: <code>python -m cbm_core "
+                    "report --bundle … --data …</code>, or choose data on the Edit page.</p>")
     out.append(_section("How well it works", "".join(perf),
                         note="Recorded: measured when the bundle was built or last edited (accuracies measured before an "
                              "edit move into that edit's log entry)."))
