@@ -356,3 +356,25 @@ def test_the_cli_writes_a_pdf(tmp_path):
     assert out.read_bytes().startswith(b"%PDF")
     text = "\n".join(page.extract_text() for page in pypdf().PdfReader(out).pages)
     assert "How to read this model card" in text and "Edits made by hand" in text
+
+
+def test_the_model_card_says_the_stored_concept_audit_in_words_and_lists_no_stored_record_as_a_measure():
+    from cbm_core.audit import ConceptAudit, with_audit
+    from cbm_core.reliability import fit_reliability
+
+    from types import SimpleNamespace
+
+    model, train = make_model()
+    audit = ConceptAudit(n_test=40, accuracy=0.9, chance=0.34, absent_accuracy=0.8, residual_share=0.0,
+                         presence_accuracy=0.88, truth_accuracy=None, nec=2.0, named_at_nec=0.9, random_at_nec=0.7,
+                         tested_on="forty held-out shapes")
+    model = with_audit(model, audit)
+    # Stores a presence calibration and an out-of-distribution reference in metrics, as a bundle may.
+    model = fit_reliability(model, SimpleNamespace(embeddings=train, concept_labels=None))
+    page = Page(model_card(model).to_html())
+    assert "Does it really use its concepts?" in sections(page)
+    for _name, ok, sentence in audit.checks():
+        assert f"{'Passed' if ok else 'Warning'}: {' '.join(sentence.split())}" in page.all_text
+    assert "tested on forty held-out shapes" in page.all_text
+    assert "values, mean" not in page.all_text and "concept audit" not in page.all_text
+    assert "concept presence" not in page.all_text and "ood reference" not in page.all_text

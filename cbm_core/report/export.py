@@ -539,8 +539,8 @@ def _intervention_block(exp, after, n, intervention) -> str:
     classes = list(exp.class_names)
     was, now = int(exp.predicted[n]), int(after.predicted[n])
     described = list(intervention.describe())
-    changes = (f"<p>{_e('; '.join(described))}:</p>" if len(described) <= 2 else
-               '<ul class="changes">' + "".join(f"<li>{_e(c)}</li>" for c in described) + "</ul>")
+    changes = (f"<p>You asked: {_e('; '.join(described))}.</p>" if len(described) <= 2 else
+               '<p>You asked:</p><ul class="changes">' + "".join(f"<li>{_e(c)}</li>" for c in described) + "</ul>")
     if was == now:
         outcome = (f"the prediction stays <b>{_e(classes[now])}</b> ({float(exp.probs[n, was]):.1%} → "
                    f"{float(after.probs[n, now]):.1%}).")
@@ -552,7 +552,8 @@ def _intervention_block(exp, after, n, intervention) -> str:
     other = max(moved, key=lambda r: abs(r["change"]), default=None)
     also = (f' <span class="note">Next most moved: {_e(other["class"])} {tables.pct(other["before"])} → '
             f'{tables.pct(other["after"])}.</span>' if other is not None and abs(other["change"]) >= 0.01 else "")
-    return f'<div class="box"><h3>Your changes and what they do</h3>{changes}<p>With them, {outcome}{also}</p></div>'
+    them = "this change" if len(described) == 1 else "these changes"
+    return f'<div class="box"><h3>Your changes and what they do</h3>{changes}<p>With {them}, {outcome}{also}</p></div>'
 
 
 def _counterfactual_block(model, item, target: str, pred: str) -> str:
@@ -711,7 +712,7 @@ def _model_card_body(model, figs, evaluation, evaluation_name, comparison, base,
     if warnings:
         warn = ('<div class="warn"><b>Warnings from fitting</b><ul>' + "".join(f"<li>{_e(w)}</li>" for w in warnings)
                 + "</ul></div>")
-    out.append(_section("How it was made", recipe + warn,
+    out.append(_section("How it was made", recipe + warn, "keep",
                         note="The recipe is the method that turned encoded images into this model, with the settings it "
                              "was run with and what the fit reported."))
     m = model.metrics
@@ -722,7 +723,7 @@ def _model_card_body(model, figs, evaluation, evaluation_name, comparison, base,
                           + (f", {len(set(evaluation.groups))} groups" if evaluation.groups else "")))
         data_rows.append(("evaluation data fingerprint", _features_fingerprint(evaluation)))
     out.append(_section("Data", _facts(data_rows) if data_rows else "<p>The bundle records no facts about its data.</p>",
-                        note="What the bundle records about the images it was fitted and validated on."))
+                        "keep", note="What the bundle records about the images it was fitted and validated on."))
 
     # Accuracy: recorded, and measured now.
     # Sparsity is shown under "What each class relies on", image counts under "Data".
@@ -755,6 +756,10 @@ def _model_card_body(model, figs, evaluation, evaluation_name, comparison, base,
     out.append(_section("How well it works", "".join(perf),
                         note="Recorded: measured when the bundle was built or last edited (accuracies measured before an "
                              "edit move into that edit's log entry)."))
+
+    audit = _audit_section(model)
+    if audit:
+        out.append(audit)
 
     # Sparsity and what each class uses.
     sparsity = _facts([("concepts per class (NEC)", f"{sp['nec']:.2f}"),
@@ -791,6 +796,22 @@ def _model_card_body(model, figs, evaluation, evaluation_name, comparison, base,
     if comparison is not None:
         out.append(_comparison_section(comparison, figs))
     return "\n".join(out)
+
+
+def _audit_section(model) -> str:
+    """The stored concept audit (``cbm_core.audit``), check by check in its own sentences; '' when none."""
+    from ..audit import stored_audit
+
+    audit = stored_audit(model)
+    if audit is None:
+        return ""
+    items = "".join(f'<li class="{"ok" if ok else "miss"}"><b>{"Passed" if ok else "Warning"}</b>: {_e(sentence)}</li>'
+                    for _name, ok, sentence in audit.checks())
+    where = ", ".join(_e(t) for t in (audit.fitted_on, f"tested on {audit.tested_on}" if audit.tested_on else "") if t)
+    return _section("Does it really use its concepts?", f'<ul class="checks">{items}</ul>'
+                    + (f'<p class="note">Audit {where}.</p>' if where else ""), "keep",
+                    note="A concept model explains a prediction only if the prediction goes through its concepts, and "
+                         "its concept names only mean something if they beat random directions and shuffled names.")
 
 
 def _layer_words(layer) -> str:

@@ -112,7 +112,7 @@ def recipe_table(model) -> pd.DataFrame:
 
 
 # Stored in ``metrics`` but not measures of the model: fitted reliability data (``cbm_core.reliability``).
-_NOT_MEASURES = {"concept_presence", "ood_reference", "name_stability"}
+_NOT_MEASURES = {"concept_presence", "ood_reference", "name_stability", "concept_audit", "concept_pointing"}
 
 
 def metrics_table(metrics: Mapping, skip: tuple[str, ...] = ()) -> pd.DataFrame:
@@ -126,8 +126,9 @@ def metrics_table(metrics: Mapping, skip: tuple[str, ...] = ()) -> pd.DataFrame:
         value = metrics[key]
         if isinstance(value, dict):  # per-concept measures (a supervised model's AUROC): summarised
             numbers = [v for v in value.values() if isinstance(v, (int, float)) and not isinstance(v, bool)]
-            text = (f"{len(value)} values, mean {sum(numbers) / len(numbers):.3f}, lowest {min(numbers):.3f}"
-                    if numbers else _short(value))
+            if not numbers or len(numbers) != len(value):
+                continue  # a stored record (an audit, a fit), not a measure: the card shows what it says elsewhere
+            text = f"{len(value)} values, mean {sum(numbers) / len(numbers):.3f}, lowest {min(numbers):.3f}"
         elif key in _PERCENT and isinstance(value, (int, float)):
             text = pct(value)
         elif isinstance(value, float):
