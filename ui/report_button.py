@@ -56,12 +56,12 @@ def buttons(make: Callable[[], Report], name: str, key: str, what: str) -> None:
     cols[1].download_button("HTML", _html(make), file_name=f"{_stem(name)}-{stamp}.html", mime="text/html",
                             on_click="ignore", key=f"{key}_html", icon=":material/download:", width="stretch",
                             help="One self-contained file: opens in any browser, offline; nothing is loaded from "
-                                 "the internet.")
+                                 "the internet. Made when you click (a few seconds; the button spins meanwhile).")
     reason = browser.unavailable()
     cols[2].download_button("PDF", _pdf(make), file_name=f"{_stem(name)}-{stamp}.pdf", mime="application/pdf",
                             on_click="ignore", key=f"{key}_pdf", icon=":material/picture_as_pdf:", width="stretch",
                             disabled=reason is not None,
-                            help=reason or "The same report, printed to A4 by chromium.")
+                            help=reason or "The same report, printed to A4 by chromium (a few seconds more).")
 
 
 def explanation_section(pipe, images: Mapping[str, bytes], key: str, *, intervention=None,
