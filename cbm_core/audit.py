@@ -121,8 +121,8 @@ class ConceptAudit:
         return [c for c in self.checks() if c[0] not in self.USE_CHECKS]
 
     def verdict(self) -> str:
-        failed = [name for name, ok, _ in self.checks() if not ok]
-        return "uses its concepts" if not failed else "warnings: " + ", ".join(failed)
+        """E.g. "uses its concepts; names not shown to matter: shuffled names" or "fails: bypass"."""
+        return verdict_of(self.checks())
 
     def to_json(self) -> dict:
         return {k: (float(f"{v:.6g}") if isinstance(v, float) else v) for k, v in asdict(self).items()}
@@ -145,6 +145,15 @@ class ConceptAudit:
                 v = str(v or "")[:200]
             out[name] = v
         return cls(**out)
+
+
+def verdict_of(checks) -> str:
+    """The audit's verdict from its ``checks()`` (name, passed, sentence): whether the predictions go
+    through the concepts, then whether the names were shown to matter."""
+    failed_use = [name for name, ok, _ in checks if not ok and name in ConceptAudit.USE_CHECKS]
+    failed_names = [name for name, ok, _ in checks if not ok and name not in ConceptAudit.USE_CHECKS]
+    head = "uses its concepts" if not failed_use else "fails: " + ", ".join(failed_use)
+    return head + (f"; names not shown to matter: {', '.join(failed_names)}" if failed_names else "")
 
 
 def stored_audit(model: ConceptBottleneckModel) -> ConceptAudit | None:

@@ -201,8 +201,8 @@ def cmd_predict(args) -> None:
             if r["ood"]["verdict"] != "typical":
                 print(f"warning: {printable(r['image'])}: {r['ood']['message']}", file=sys.stderr)
             probs = ", ".join(f"{c['class']} {c['probability']:.1%}" for c in r["top_classes"])
-            why = ", ".join(f"{c['concept']} ({c['contribution']:+.2f}, {c['read_as']}, p(present) {c['p_present']:.2f})"
-                            for c in r["top_concepts"])
+            why = ", ".join(f"{c['concept']} ({c['contribution']:+.2f}, {c['read_as']}, p(present) {c['p_present']:.2f}"
+                            + (f"; {c['flag']})" if c["flag"] else ")") for c in r["top_concepts"])
             print(f"{printable(r['image'])}: {r['prediction']}  [{probs}]\n    because: {why}")
             if r["probably_absent"]:
                 print(f"    doubtful: {', '.join(r['probably_absent'])} (read as present, probably not there)")

@@ -559,10 +559,11 @@ class LocationScore:
         return "spread out" if self.concentration < 0.05 else "elsewhere"
 
     def sentence(self) -> str:
-        """E.g. "map on its evidence: deleting its brightest 10% moves the score -0.82 sd (the same area
-        elsewhere -0.05); 31% concentrated"."""
-        return (f"map {self.verdict}: deleting its brightest {self.top_fraction:.0%} moves the score {-self.drop:+.2f} sd "
-                f"(the same area elsewhere {-self.control_drop:+.2f}); {self.concentration:.0%} concentrated")
+        """E.g. "map on its evidence (its brightest 10% deleted: -0.82 sd, elsewhere -0.05; 31% concentrated)":
+        how the concept's score moves when the map's brightest region is deleted, and when the same shape
+        elsewhere is."""
+        return (f"map {self.verdict} (its brightest {self.top_fraction:.0%} deleted: {-self.drop:+.2f} sd, elsewhere "
+                f"{-self.control_drop:+.2f}; {self.concentration:.0%} concentrated)")
 
 
 def input_maps(pipe, encoded, concepts: Sequence[str], method: str = "dense") -> torch.Tensor:

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from PIL import Image
@@ -91,7 +92,7 @@ def test_inspect_shows_presence_and_ood_equal_to_the_engine(engine):
     assert any("Presence probabilities are calibrated on 1600 labelled images" in t for t in texts(at))
     # Nothing on the page reads NaN.
     assert not any("nan" in t.lower().split() for t in texts(at))
-    assert not shown.drop(columns=["AUROC", "name stability"], errors="ignore").isna().any().any()
+    assert not shown.isna().any().any()  # '–' where something is not measured
     assert list(shown.doubt) == [d or "–" for d in want.doubt]
 
 
@@ -126,15 +127,16 @@ def test_evaluate_shows_importance_existence_and_the_audit_badge(engine):
     want = concept_metrics(model, feats.embeddings, feats.labels, y)
     shown = table(at, "importance")
     assert list(shown.concept) == list(want.concept)
+    assert not shown.isna().any().any() and not shown.astype(str).isin(["None", "nan", "NaN"]).any().any()
     assert np.allclose(shown.importance.astype(float), want.importance, atol=1e-6)
-    assert np.allclose(shown.existence.astype(float), want.existence.astype(float), atol=1e-6, equal_nan=True)
-    assert np.allclose(shown["accuracy if off (pts)"].astype(float), -100 * want.accuracy_drop.astype(float), atol=1e-9)
+    assert list(shown.existence) == ["–" if pd.isna(v) else f"{v:.0%}" for v in want.existence]
+    assert list(shown["accuracy if off (pts)"]) == ["–" if pd.isna(v) else f"{-100 * v:+.1f}" for v in want.accuracy_drop]
     pointing = stored_pointing(model)
     if pointing is not None:  # the location column, stored with the bundle by the reliability report
         game = pointing.frame.set_index("concept").pointing_game
         rows = shown.set_index("concept")
-        for concept, value in game.items():
-            assert rows.loc[concept, "pointing game"] == pytest.approx(value)
+        for concept in model.concepts.names:
+            assert rows.loc[concept, "pointing game"] == (f"{game[concept]:.0%}" if concept in game else "–")
         assert any(f"Stored with the bundle: {pointing.method} maps on {pointing.measured_on}" in t for t in texts(at))
     audit = stored_audit(model)
     badge = next(t for t in texts(at) if "badge[" in t)
@@ -184,7 +186,9 @@ def test_predict_carries_the_reliability_of_each_explanation(bundle_pipe, tmp_pa
     assert f"warning: {bird}" not in text.stderr
     because = [line for line in lines if line.strip().startswith("because:")]
     first = out[0]["top_concepts"][0]
-    assert f"{first['concept']} ({first['contribution']:+.2f}, {first['read_as']}, p(present) {first['p_present']:.2f})" \
-        in because[0]
+    for c in out[0]["top_concepts"]:  # each concept with its presence, and its doubts where it has any
+        said = f"{c['concept']} ({c['contribution']:+.2f}, {c['read_as']}, p(present) {c['p_present']:.2f}"
+        assert said + (f"; {c['flag']})" if c["flag"] else ")") in because[0]
+    assert any(c["flag"] == "fragile name" for c in out[0]["top_concepts"])  # 'short tail' (docs/RELIABILITY.md)
     assert [line.strip() for line in lines if line.strip().startswith("image:")] == \
         [f"image: {out[0]['ood']['summary']}", f"image: {out[1]['ood']['summary']}"]

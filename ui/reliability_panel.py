@@ -122,22 +122,26 @@ def location_caption(found: dict, concept: str) -> str:
     return f" · {found[concept].sentence()}" if concept in found else ""
 
 
+def text_column(values: pd.Series, fmt: str) -> pd.Series:
+    """Numbers as text in ``fmt``, '–' where missing (None or NaN): what a table shows for a column that is
+    not measured for every row (the grid would show 'None')."""
+    numbers = pd.to_numeric(values, errors="coerce")
+    return numbers.map(lambda v: "–" if pd.isna(v) else fmt.format(v))
+
+
 def _table(frame: pd.DataFrame) -> pd.DataFrame:
-    """The engine's reliability frame as shown: None as NaN (shown '–'), columns nobody measured left out."""
+    """The engine's reliability frame as shown: columns nobody measured left out, '–' where not measured."""
     shown = pd.DataFrame({
         "concept": frame.concept, "read as": frame.read_as, "contribution": frame.contribution,
-        "p(present)": frame.p_present, "doubt": frame.doubt.replace("", "–"), "map": frame.location.fillna("–"),
-        "AUROC": pd.to_numeric(frame.auroc, errors="coerce"),
-        "name stability": pd.to_numeric(frame.name_stability, errors="coerce")})
-    return shown[[c for c in shown if not (c in ("AUROC", "name stability") and shown[c].isna().all())]]
-
-
-_FORMAT = {"contribution": "{:+.2f}", "p(present)": "{:.2f}", "AUROC": "{:.3f}", "name stability": "{:.2f}"}
+        "p(present)": frame.p_present, "doubt": frame.doubt.replace("", "–"), "map": frame.location.fillna("–")})
+    for column, values, fmt in (("AUROC", frame.auroc, "{:.3f}"), ("name stability", frame.name_stability, "{:.2f}")):
+        if pd.to_numeric(values, errors="coerce").notna().any():
+            shown[column] = text_column(values, fmt)
+    return shown
 
 
 def _show(frame: pd.DataFrame, key: str) -> None:
-    shown = _table(frame)
-    st.dataframe(shown.style.format({k: v for k, v in _FORMAT.items() if k in shown}, na_rep="–"), hide_index=True,
+    st.dataframe(_table(frame).style.format({"contribution": "{:+.2f}", "p(present)": "{:.2f}"}), hide_index=True,
                  width="stretch", key=key, column_config={"doubt": st.column_config.TextColumn(width="medium")})
 
 
@@ -258,11 +262,11 @@ def audit_badge(model) -> None:
     if not audit.uses_concepts:
         failed = [name for name, ok, _ in audit.checks() if not ok and name in audit.USE_CHECKS]
         st.markdown(f":orange-badge[:material/warning: Concept audit: {', '.join(failed)}] — the predictions do not rest on "
-                    f"the concepts alone; see the audit at the bottom of the page ({where}).")
+                    f"the concepts alone (audited on {where}; see the bottom of the page).")
     elif weak_names:
         st.markdown(":green-badge[:material/verified: Uses its concepts] "
                     f":orange-badge[:material/help: Names not shown to matter: {', '.join(weak_names)}] — "
-                    f"see the audit at the bottom of the page ({where}).")
+                    f"audited on {where}; see the bottom of the page.")
     else:
         st.markdown(f":green-badge[:material/verified: Uses its concepts] — bypass, leakage and baselines checked on {where}.")
 
@@ -307,10 +311,16 @@ def evaluate_section(pipe, model, feats) -> None:
     shown["accuracy_drop"] = -100 * pd.to_numeric(shown["accuracy_drop"], errors="coerce")
     shown = shown.rename(columns={"accuracy_drop": "accuracy if off (pts)", "top_uses": "top-5 uses",
                                   "claimed_present": "claimed present", "pointing_game": "pointing game"})
-    fmt = {"importance": "{:.1%}", "accuracy if off (pts)": "{:+.1f}", "existence": "{:.0%}",
-           "pointing game": "{:.0%}", "chance": "{:.1%}", "name stability": "{:.2f}"}
-    st.dataframe(shown.style.format({k: v for k, v in fmt.items() if k in shown}, na_rep="–"), hide_index=True,
-                 width="stretch", key="concept_metrics_table")
+    # Columns that can be empty (not measured for a concept) are shown as text, '–' where empty: the grid
+    # would show a null as 'None'.
+    for column, f in (("accuracy if off (pts)", "{:+.1f}"), ("existence", "{:.0%}"), ("pointing game", "{:.0%}"),
+                      ("chance", "{:.1%}"), ("maps checked", "{:.0f}"), ("name stability", "{:.2f}")):
+        if column in shown:
+            shown[column] = text_column(shown[column], f)
+    if "fragile name" in shown:
+        shown["fragile name"] = shown["fragile name"].map(lambda v: "yes" if v is True else "no" if v is False else "–")
+    st.dataframe(shown.style.format({"importance": "{:.1%}"}), hide_index=True, width="stretch",
+                 key="concept_metrics_table")
     st.caption("Importance: the concept's share of the evidence behind the predictions (mean |contribution| to the "
                "predicted class). Accuracy if off: the change in accuracy when the concept is switched off (set to its "
                "training average) for every image. Existence: when it is among an image's five largest contributions and read as "
