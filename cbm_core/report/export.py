@@ -789,7 +789,8 @@ def _model_card_body(model, figs, evaluation, evaluation_name, comparison, base,
     if len(frame) < model.n_concepts - unused:
         notes.append(f"The {len(frame)} strongest of {model.n_concepts - unused} used concepts are listed.")
     out.append(_section("Concepts", concepts_html + "".join(f'<p class="note">{_e(t)}</p>' for t in notes),
-                        note="Every concept the model uses, strongest first, with where it came from."))
+                        note="Every concept the model uses, strongest first" + (", with where it came from."
+                                                                                if source in frame.columns else ".")))
 
     # The edit log.
     out.append(_edit_log_section(model, evaluation, evaluation_name, base))
