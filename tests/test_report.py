@@ -378,3 +378,25 @@ def test_the_model_card_says_the_stored_concept_audit_in_words_and_lists_no_stor
     assert "tested on forty held-out shapes" in page.all_text
     assert "values, mean" not in page.all_text and "concept audit" not in page.all_text
     assert "concept presence" not in page.all_text and "ood reference" not in page.all_text
+
+
+def test_an_image_unlike_the_training_data_is_flagged_before_its_explanation(pipe):
+    import io
+
+    from helpers import shape_image
+
+    from cbm_core.reliability import TYPICAL, ood_check
+
+    buffer = io.BytesIO()
+    shape_image("red", 3, size=160).save(buffer, "PNG")
+    images = {"red_disc.png": buffer.getvalue(), STORY.name: STORY.read_bytes()}
+    verdicts = [ood_check(pipe.model, pipe.encode(data, name).embedding.reshape(1, -1))[0].verdict
+                for name, data in images.items()]
+    assert verdicts[0] != TYPICAL and verdicts[1] == TYPICAL  # what the engine says of a red disc and a demo bird
+    html = explanation_report(pipe, images).to_html(static=False)
+    disc, bird = html.split('<section class="image-detail">')[1:]
+    assert disc.count('class="miss warn-line"') + disc.count('class="flag warn-line"') == 1
+    assert disc.index("warn-line") < disc.index("Most likely classes")  # read before the reasons
+    assert "warn-line" not in bird
+    gallery = html.split('<section class="gallery-section">')[1].split("</section>")[0]
+    assert gallery.count("Unlike the training data") + gallery.count("Unusual image") == 1

@@ -357,7 +357,7 @@ def explanation_report(pipeline, images, *, intervention: Intervention | None = 
     figs: list = []
     for n, item in enumerate(items[:max_details]):
         body.append(_image_detail(pipeline, item, n, len(items), exp, after, intervention, counterfactual, flags[n],
-                                  saliency, maps, trust_model))
+                                  saliency, maps, trust_model, ood.get(n)))
     if len(items) > max_details:
         body.append(f'<p class="note">Details are shown for the first {max_details} images; the gallery lists all '
                     f"{len(items)}.</p>")
@@ -420,7 +420,7 @@ def _gallery(items, exp, flags, spurious, failed, ood) -> str:
 
 
 def _image_detail(pipeline, item, n, count, exp, after, intervention, cf_target, flagged, method, n_maps,
-                  trust_model) -> str:
+                  trust_model, ood=None) -> str:
     model = pipeline.model
     classes = list(exp.class_names)
     pred_k = int(exp.predicted[n])
@@ -439,6 +439,10 @@ def _image_detail(pipeline, item, n, count, exp, after, intervention, cf_target,
                 f"{float(exp.probs[n, classes.index(truth)]):.1%}): the prediction differs.</span>")
     lines = [f'<p class="verdict">The model calls this image <b>{_e(pred)}</b> ({float(exp.probs[n, pred_k]):.1%}).'
              f"{said}</p>"]
+    if ood is not None and ood.warn:  # before anything else is read: the whole explanation may not hold
+        headline, tone = _OOD_HEADLINE[ood.verdict]
+        lines.append(f'<p class="{tone} warn-line"><b>{_e(headline)}.</b> See “How far to believe this explanation” '
+                     "below.</p>")
     if flagged:
         lines.append('<p class="flag">This prediction leans on a concept marked as spurious: '
                      + "; ".join(_e(r.sentence) for r in flagged) + ".</p>")
