@@ -302,6 +302,7 @@ def cmd_compare(args) -> None:
 
 def cmd_info(args) -> None:
     from .bundle import load_bundle
+    from .reliability import summarize_stored
 
     model = load_bundle(args.bundle)
     recipe = dict(model.recipe)
@@ -310,7 +311,9 @@ def cmd_info(args) -> None:
         recipe["concept_dependencies"] = f"{deps.get('structure', '?')} model over {len(deps.get('names', []))} concepts"
     info = {"backbone": model.backbone_spec, "recipe": recipe, "classes": list(model.classes),
             "n_concepts": model.n_concepts, "concepts": list(model.concepts.names)[:20], **model.sparsity(),
-            "metrics": model.metrics, "edit_log": list(model.edit_log), "created": model.created}
+            "metrics": summarize_stored(model.metrics),  # reliability fits in one line each, not every number
+            "edit_log": [{**e, "metrics_before": summarize_stored(e["metrics_before"])} if isinstance(e.get("metrics_before"), dict)
+                         else e for e in model.edit_log], "created": model.created}
     print(json.dumps(info, indent=2))
     auroc = model.metrics.get("concept_auroc")
     if isinstance(auroc, dict) and auroc:  # a concept-supervised bundle: how well each concept is predicted

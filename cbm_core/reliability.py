@@ -807,3 +807,38 @@ def fit_reliability(model: ConceptBottleneckModel, features, *, label_names: Seq
     cal = PresenceCalibration.fit(model, scores, labels, fitted_on=f"{fitted_on}, {len(scores)} images", seed=seed)
     ref = OODReference.fit(features.embeddings, fitted_on=f"{fitted_on}, {len(scores)} images", seed=seed)
     return model.with_changes(metrics={**model.metrics, PRESENCE_KEY: cal.to_json(), OOD_KEY: ref.to_json()})
+
+
+def summarize_stored(metrics: dict) -> dict:
+    """``metrics`` with each stored reliability fit (hundreds of numbers: the OOD reference alone is
+    rank x D) replaced by one line saying what it is — for printing a model's metrics (``cli info``)."""
+    out = dict(metrics)
+
+    def number(v, fmt):
+        return fmt.format(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else "?"
+
+    p = metrics.get(PRESENCE_KEY)
+    if isinstance(p, dict):
+        kinds = p.get("kind") if isinstance(p.get("kind"), list) else []
+        how = "Platt scaling on labels" if kinds and all(k == "labels" for k in kinds) else "mixture / labels"
+        out[PRESENCE_KEY] = (f"presence calibration ({how}) for {len(kinds)} concepts, {p.get('n_labelled', 0)} labelled "
+                             f"images, out-of-fold ECE {number(p.get('ece'), '{:.3f}')}; {str(p.get('fitted_on', ''))[:80]}")
+    o = metrics.get(OOD_KEY)
+    if isinstance(o, dict):
+        comps = o.get("components") if isinstance(o.get("components"), list) else []
+        out[OOD_KEY] = (f"{o.get('method', '?')} out-of-distribution reference, rank {len(comps)}, fitted on "
+                        f"{o.get('n_fit', '?')} embeddings; {str(o.get('fitted_on', ''))[:80]}")
+    n = metrics.get(NAMES_KEY)
+    if isinstance(n, dict):
+        fragile = n.get("fragile") if isinstance(n.get("fragile"), list) else []
+        out[NAMES_KEY] = f"paraphrase check: {sum(v is True for v in fragile)} of {len(fragile)} names fragile"
+    g = metrics.get("concept_pointing")
+    if isinstance(g, dict):
+        rows = g.get("concepts") if isinstance(g.get("concepts"), list) else []
+        try:
+            maps, hits = sum(int(r["n"]) for r in rows), sum(int(r["hits"]) for r in rows)
+            game = f"pointing game {hits / maps:.3f} over {maps} maps" if maps else "no maps"
+        except (KeyError, TypeError, ValueError):
+            game = "malformed"
+        out["concept_pointing"] = f"{g.get('method', '?')} maps on {str(g.get('measured_on', ''))[:80]}: {game}"
+    return out

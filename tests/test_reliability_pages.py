@@ -192,3 +192,14 @@ def test_predict_carries_the_reliability_of_each_explanation(bundle_pipe, tmp_pa
     assert any(c["flag"] == "fragile name" for c in out[0]["top_concepts"])  # 'short tail' (docs/RELIABILITY.md)
     assert [line.strip() for line in lines if line.strip().startswith("image:")] == \
         [f"image: {out[0]['ood']['summary']}", f"image: {out[1]['ood']['summary']}"]
+
+
+def test_info_names_the_stored_fits_instead_of_printing_every_number():
+    proc = run("info", "--bundle", str(DEMO_BUNDLE))
+    assert proc.returncode == 0, proc.stderr
+    metrics = json.loads(proc.stdout)["metrics"]
+    if rel.OOD_KEY in metrics:  # the shipped bundle carries its fits (docs/RELIABILITY.md, --write-bundles)
+        assert metrics[rel.OOD_KEY].startswith("mahalanobis out-of-distribution reference, rank 64")
+        assert "Platt scaling on labels" in metrics[rel.PRESENCE_KEY]
+        assert metrics[rel.NAMES_KEY].startswith("paraphrase check:")
+    assert len(proc.stdout) < 20_000

@@ -330,7 +330,8 @@ def evaluate_section(pipe, model, feats) -> None:
     if located is not None:
         elsewhere = located.elsewhere()
         if elsewhere:
-            st.warning(f"Maps that mostly land elsewhere (pointing game below 50 %): {', '.join(elsewhere)}.")
+            st.warning(f"Maps that mostly land elsewhere (pointing game below 50 %): {len(elsewhere)} of "
+                       f"{len(located.frame)} concepts measured, worst first — {', '.join(elsewhere)}.")
     names_section(pipe, model)
     audit_section(pipe, model)
 
