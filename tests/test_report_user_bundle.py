@@ -15,6 +15,7 @@ from cbm_core.report import browser
 from conftest import TINY_VIT
 from helpers import write_class_folder
 from test_report import Page, sections
+from test_report_buttons import downloads, report  # noqa: F401 (a fixture, and the buttons' reader)
 
 CONCEPTS = ["red", "blue", "green", "round shape", "white background"]
 
@@ -109,3 +110,34 @@ def test_the_model_card_pdf_of_a_user_bundle(user):
     assert "How to read this model card" in text and "Edits made by hand" in text
     assert "white background" in text.split("Edits made by hand", 1)[1]
     assert "Toy Birds" not in text
+
+
+def test_the_app_downloads_reports_on_a_user_bundle(user, downloads):
+    """Inspect and Edit model with the user's bundle open in the session: the Download report buttons give its
+    explanation report and its model card."""
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    tmp, data = user
+    model = load_bundle(tmp / "edited")
+    at = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "app.py"), default_timeout=120)
+    at.switch_page("pages/inspect.py")
+    opened = {"model": model, "bundle_path": str(tmp / "edited"), "trusted_specs": {model.backbone_spec},
+              "history": [()], "history_pos": 0}
+    for key, value in opened.items():  # as the sidebar leaves them after "Open bundle" and "Load it"
+        at.session_state[key] = value
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CBM_CACHE_DIR", str(tmp / "cache"))
+        at.run()
+        at.file_uploader(key="inspect_uploads").upload("a red one.png", (data / "red" / "001.png").read_bytes(),
+                                                       "image/png").run()
+        assert not at.exception, at.exception
+        shown = report(downloads, "inspect_report")
+        assert sections(shown)[-1] == "a red one.png" and "3: blue, green, red" in shown.all_text
+        assert "How far to believe this explanation" in shown.all_text and "Toy Birds" not in shown.all_text
+        at.switch_page("pages/edit.py").run()
+        assert not at.exception, at.exception
+        card = report(downloads, "edit_report")
+    assert sections(card)[0] == "How to read this model card"
+    assert "1 prune white background all" in card.all_text and "Toy Birds" not in card.all_text
