@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from cbm_core.demo.train_clip import COLOUR_PARTS, main, recoloured, training_bird
+from cbm_core.demo.train_clip import COLOUR_PARTS, main, read_checkpoint, recoloured, training_bird
 from cbm_core.demo.world import SPECIES, render, sample_bird
 
 
@@ -54,7 +54,7 @@ def test_a_stopped_run_resumes_to_the_same_weights(tmp_path):
     whole = _run(tmp_path, "whole")
     ckpt = tmp_path / "ckpt"
     _run(tmp_path, "first", "--checkpoint", str(ckpt), "--minutes", "0")  # stops after one step
-    assert torch.load(ckpt / "checkpoint.pt", weights_only=True)["step"] == 1
+    assert read_checkpoint(ckpt)[1]["step"] == 1
     resumed = _run(tmp_path, "resumed", "--checkpoint", str(ckpt), "--resume")
     assert whole.keys() == resumed.keys()
     for k in whole:

@@ -195,19 +195,34 @@ def zero_shot_report(model, tokenizer, birds, pixels, device) -> dict:
 
 
 def _checkpoint_path(folder) -> Path:
-    return Path(folder) / "checkpoint.pt"
+    return Path(folder) / "checkpoint.safetensors"
 
 
 def save_checkpoint(folder, step: int, model, opt, sched, rng: random.Random, history: list, args, seconds: float) -> None:
     """Everything needed to continue exactly: weights, optimiser and schedule, both random streams,
-    the validation history and the options (a resume with other options is refused)."""
+    the validation history and the options (a resume with other options is refused). Tensors in
+    safetensors, the rest as JSON in its metadata: no pickle, even for our own files."""
+    from safetensors.torch import save_file
+
+    tensors = {f"model.{k}": v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    opt_state = opt.state_dict()
+    plain_state = {}
+    for i, st in opt_state["state"].items():
+        for name, value in st.items():
+            if torch.is_tensor(value):
+                tensors[f"opt.{i}.{name}"] = value.contiguous().cpu()
+            else:
+                plain_state[f"{i}.{name}"] = value
+    tensors["torch_rng"] = torch.get_rng_state()
+    version, state, gauss = rng.getstate()
+    meta = {"step": step, "seconds": seconds, "history": history, "options": _resumable_options(args),
+            "opt_groups": opt_state["param_groups"], "opt_plain": plain_state,
+            "sched": {k: v for k, v in sched.state_dict().items() if k != "lr_lambdas"},
+            "python_rng": [version, list(state), gauss]}
     path = _checkpoint_path(folder)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    torch.save({"step": step, "model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                "python_rng": list(rng.getstate()[1]), "python_rng_version": rng.getstate()[0],
-                "python_rng_gauss": rng.getstate()[2], "torch_rng": torch.get_rng_state(), "history": history,
-                "options": _resumable_options(args), "seconds": seconds}, tmp)
+    save_file(tensors, str(tmp), metadata={"state": json.dumps(meta)})
     tmp.replace(path)  # a run killed while saving keeps the previous checkpoint
 
 
@@ -217,18 +232,37 @@ def _resumable_options(args) -> dict:
     return {k: getattr(args, k) for k in keys}
 
 
+def read_checkpoint(folder) -> tuple[dict, dict]:
+    """(tensors, metadata) of the checkpoint in ``folder``."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(str(_checkpoint_path(folder)), "pt") as f:
+        meta = json.loads(f.metadata()["state"])
+    return load_file(str(_checkpoint_path(folder))), meta
+
+
 def load_checkpoint(folder, args, model, opt, sched, rng: random.Random) -> tuple[int, list, float]:
     """Restore a run saved by ``save_checkpoint``; returns (next step, history, seconds trained)."""
-    ckpt = torch.load(_checkpoint_path(folder), map_location="cpu", weights_only=True)  # our own file; still no pickle
-    if ckpt["options"] != _resumable_options(args):
-        raise SystemExit(f"--resume: the checkpoint in {folder} was made with {ckpt['options']}, "
+    tensors, meta = read_checkpoint(folder)
+    if meta["options"] != _resumable_options(args):
+        raise SystemExit(f"--resume: the checkpoint in {folder} was made with {meta['options']}, "
                          f"not {_resumable_options(args)}; pass the same options.")
-    model.load_state_dict(ckpt["model"])
-    opt.load_state_dict(ckpt["opt"])
-    sched.load_state_dict(ckpt["sched"])
-    rng.setstate((ckpt["python_rng_version"], tuple(ckpt["python_rng"]), ckpt["python_rng_gauss"]))
-    torch.set_rng_state(ckpt["torch_rng"])
-    return ckpt["step"], ckpt["history"], ckpt["seconds"]
+    model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+    state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        if key.startswith("opt."):
+            _, i, name = key.split(".", 2)
+            state.setdefault(int(i), {})[name] = value
+    for key, value in meta["opt_plain"].items():
+        i, name = key.split(".", 1)
+        state.setdefault(int(i), {})[name] = value
+    opt.load_state_dict({"state": state, "param_groups": meta["opt_groups"]})
+    sched.load_state_dict({**meta["sched"], "lr_lambdas": [None] * len(opt.param_groups)})
+    version, values, gauss = meta["python_rng"]
+    rng.setstate((version, tuple(values), gauss))
+    torch.set_rng_state(tensors["torch_rng"])
+    return meta["step"], meta["history"], meta["seconds"]
 
 
 def training_batch(train_birds, train_images, idx, args, rng: random.Random, tokenizer, mean, std):
@@ -276,7 +310,7 @@ def main(argv=None) -> None:
     ap.add_argument("--resume", action="store_true", help="continue from the checkpoint in --checkpoint")
     args = ap.parse_args(argv)
     if args.resume and not (args.checkpoint and _checkpoint_path(args.checkpoint).is_file()):
-        raise SystemExit("--resume needs --checkpoint FOLDER holding a checkpoint.pt from an earlier run.")
+        raise SystemExit("--resume needs --checkpoint FOLDER holding a checkpoint from an earlier run.")
 
     import open_clip
     from open_clip.loss import ClipLoss
