@@ -196,8 +196,10 @@ def test_a_non_square_upload_shows_the_region_the_model_saw(app_url, page, tmp_p
     page.locator("[data-testid=stMain]").get_by_text(f"{path.name} ·").wait_for()
     panel = page.locator(".saliency")
     panel.get_by_text("The model saw only the outlined centre square").wait_for()
-    box = panel.locator(".seen").first.bounding_box()
-    frame = panel.locator(".frame").first.bounding_box()
+    # the frame that holds the outline (the previous image's panel may still be on screen while it is replaced)
+    framed = panel.locator(".frame").filter(has=page.locator(".seen")).first
+    box = framed.locator(".seen").bounding_box()
+    frame = framed.bounding_box()
     assert box["width"] == pytest.approx(frame["width"] / 2, abs=3) and box["height"] == pytest.approx(frame["height"], abs=3)
     settle(page, 1000)
     panel.screenshot(path=str(SHOTS / "inspect_saliency_wide.png"))

@@ -36,10 +36,9 @@ def test_a_recoloured_twin_differs_only_at_that_part():
         diff = np.abs(np.asarray(a, dtype=np.int16) - np.asarray(b, dtype=np.int16)).max(axis=2) > 8
         assert diff.any()
         near = masks[part] | (masks["crest"] if part == "crown" else False)  # a crest wears the crown's colour
-        # allow the anti-aliased rim: pixels within 2 px of the part
-        from scipy.ndimage import binary_dilation
-
-        assert diff[~binary_dilation(near, iterations=2)].mean() < 0.002, part
+        # allow the anti-aliased rim: pixels within 2 px of the part (a 5 x 5 dilation)
+        rim = torch.nn.functional.max_pool2d(torch.from_numpy(near).float()[None, None], 5, stride=1, padding=2)[0, 0] > 0
+        assert diff[~rim.numpy()].mean() < 0.002, part
 
 
 def _run(tmp_path, name, *extra):
