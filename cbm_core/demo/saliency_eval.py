@@ -87,9 +87,9 @@ def deletion_insertion(backbone, pixels: torch.Tensor, vector: torch.Tensor, sal
     return float(np.trapezoid(s[: steps + 1], fractions)), float(np.trapezoid(s[steps + 1:], fractions))
 
 
-def run(n_images: int = 200, n_auc_images: int = 40, seed: int = 0, methods=None) -> dict:
+def run(n_images: int = 200, n_auc_images: int = 40, seed: int = 0, methods=None, backbone_spec: str = "demo") -> dict:
     torch.manual_seed(seed)
-    backbone = load_backbone("demo", device="cpu")
+    backbone = load_backbone(backbone_spec, device="cpu")
     methods = methods or ["dense", "dense-surgery", "dense-x3", "dense-surgery-x3", "gradcam", "gradcam-l3", "gradcam-l2",
                          "random", "oracle-3", "oracle-12"]
     names = list(PART_CONCEPTS)
@@ -174,9 +174,17 @@ def main(argv=None) -> None:
     ap.add_argument("--images", type=int, default=200)
     ap.add_argument("--auc-images", type=int, default=40)
     ap.add_argument("--methods", default=None, help="comma-separated subset, e.g. dense,gradcam,occlusion")
+    ap.add_argument("--backbone", default="demo", help="another tower to measure, e.g. local-dir:runs/local_clip_tower")
+    ap.add_argument("--json", default=None, help="write the result here instead of docs/ (a candidate tower)")
     args = ap.parse_args(argv)
     methods = args.methods.split(",") if args.methods else None
-    print(write_docs(run(args.images, args.auc_images, methods=methods)).read_text())
+    result = run(args.images, args.auc_images, methods=methods, backbone_spec=args.backbone)
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+        for name, r in result["methods"].items():
+            print(f"{name}: pointing game {r['pointing_game']:.3f}, within 3 px {r['pointing_game_3px']:.3f}")
+    else:
+        print(write_docs(result).read_text())
 
 
 if __name__ == "__main__":
