@@ -264,6 +264,39 @@ def standardized(scores: torch.Tensor, names: Sequence[str]) -> tuple[ConceptSta
     return stats, (scores - stats.mean) / stats.std
 
 
+def check_labels(features, labels, n_classes: int) -> torch.Tensor:
+    """``check_training_data`` for in-memory features, its streaming twin for a ``FeatureSource``."""
+    from ..sources import check_source_labels, is_source
+
+    return (check_source_labels if is_source(features) else check_training_data)(features, labels, n_classes)
+
+
+def layer_standardized(layer, names: Sequence[str], features) -> tuple[ConceptStats, Any]:
+    """``standardized(layer(features), names)``; a ``FeatureSource`` is streamed instead: z is then a
+    ``MappedSource`` of the standardised scores, never held whole."""
+    from ..sources import is_source, standardized_source
+
+    if is_source(features):
+        return standardized_source(layer, names, features, len(names))
+    return standardized(layer(features.float().cpu()), names)
+
+
+def fit_head(z, labels: torch.Tensor, n_classes: int, lam: float, l1_ratio: float, *, max_iter: int, tol: float,
+             device) -> tuple[Any, torch.Tensor, torch.Tensor, float]:
+    """The sparse head on standardised scores z (a tensor, or a source: chunked full-batch steps);
+    returns (solver result, weight, bias on the CPU, training accuracy)."""
+    from ..sources import is_source
+    from .elastic_net import accuracy, fit_elastic_net, head_accuracy
+
+    if is_source(z):
+        res = fit_elastic_net(z, labels, n_classes, lam, l1_ratio, max_iter=max_iter, tol=tol, device=device)
+    else:
+        res = fit_elastic_net(z.to(device), labels.to(device), n_classes, lam, l1_ratio, max_iter=max_iter, tol=tol)
+    weight, bias = res.weight.cpu(), res.bias.cpu()
+    train = head_accuracy(z, labels, weight, bias) if is_source(z) else accuracy(z @ weight.T + bias, labels)
+    return res, weight, bias, train
+
+
 def created_info(device) -> dict:
     return {"time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "torch": torch.__version__, "python": platform.python_version(), "device": str(device)}

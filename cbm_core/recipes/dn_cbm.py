@@ -48,11 +48,10 @@ from ..concept_layer import SparseAutoencoderEncoder
 from ..concepts import ConceptBank
 from ..errors import RecipeError
 from ..model import ConceptBottleneckModel
-from .base import (Param, Recipe, RecipeInputs, check_finite_fit, check_training_data, created_info, pick_device,
-                   register_recipe, standardized)
-from ..sources import (check_source_labels, column_stats, is_source, source_key,
-                       standardized_source)
-from .elastic_net import accuracy, fit_elastic_net, head_accuracy, regularization_path
+from .base import (Param, Recipe, RecipeInputs, check_finite_fit, check_labels, created_info, pick_device,
+                   fit_head, layer_standardized, register_recipe)
+from ..sources import (column_stats, is_source, source_key)
+from .elastic_net import regularization_path
 from .label_free import _fingerprint
 
 
@@ -407,19 +406,12 @@ class DNCBM(Recipe):
             val_labels: torch.Tensor | None = None, **_) -> "DNCBM":
         """features: (N, D) tensor, or a ``FeatureSource`` such as a ``FeatureStore`` (with
         ``labels=store.labels``), which is streamed: never loaded whole (see ``cbm_core.sources``)."""
-        streaming = is_source(features)
-        labels = (check_source_labels if streaming else check_training_data)(features, labels, len(self.classes))
+        labels = check_labels(features, labels, len(self.classes))
         device = pick_device(self.device)
         stage = self._stage(features, val_features)
-        if streaming:
-            stats, z = standardized_source(stage.layer, stage.bank.names, features, len(stage.bank))
-            res = fit_elastic_net(z, labels, len(self.classes), self.lam, self.l1_ratio, max_iter=self.max_iter,
-                                  tol=self.tol, device=device)
-        else:
-            stats, z = standardized(stage.layer(features.float().cpu()), stage.bank.names)
-            res = fit_elastic_net(z.to(device), labels.to(device), len(self.classes), self.lam, self.l1_ratio,
-                                  max_iter=self.max_iter, tol=self.tol)
-        weight, bias = res.weight.cpu(), res.bias.cpu()
+        stats, z = layer_standardized(stage.layer, stage.bank.names, features)
+        res, weight, bias, train_accuracy = fit_head(z, labels, len(self.classes), self.lam, self.l1_ratio,
+                                                     max_iter=self.max_iter, tol=self.tol, device=device)
         check_finite_fit(self.name, encoder=stage.layer.weight, weight=weight, bias=bias)
         self.sae_ = stage.sae_fit.sae
         self.sae_history_ = stage.sae_fit.history
@@ -440,8 +432,7 @@ class DNCBM(Recipe):
             recipe={"name": self.name, **self.get_params(), "tol": self.tol, "n_iter": res.n_iter,
                     "converged": res.converged, "warnings": warnings, "sae": info,
                     "latent_ids": list(stage.live), "dropped_latents": list(stage.dead)},
-            metrics={"train_accuracy": head_accuracy(z, labels, weight, bias) if streaming
-                     else accuracy(z @ weight.T + bias, labels),
+            metrics={"train_accuracy": train_accuracy,
                      **{f"sae_{k}": v for k, v in info.items() if k.startswith(("fvu", "l0"))}},
             created=created_info(device),
         )
@@ -451,13 +442,9 @@ class DNCBM(Recipe):
              val_labels: torch.Tensor | None = None, n_points: int = 12, progress=None):
         """The λ path over the named latents (a list of ``PathPoint``); the SAE is the one ``fit``
         uses on the same data (trained once)."""
-        streaming = is_source(features)
-        labels = (check_source_labels if streaming else check_training_data)(features, labels, len(self.classes))
+        labels = check_labels(features, labels, len(self.classes))
         stage = self._stage(features, val_features)
-        if streaming:
-            stats, z = standardized_source(stage.layer, stage.bank.names, features, len(stage.bank))
-        else:
-            stats, z = standardized(stage.layer(features.float().cpu()), stage.bank.names)
+        stats, z = layer_standardized(stage.layer, stage.bank.names, features)
         z_val = (stage.layer(val_features.float().cpu()) - stats.mean) / stats.std if val_features is not None else None
         points, _ = regularization_path(z, labels, len(self.classes), l1_ratio=self.l1_ratio, n_lambdas=n_points,
                                         X_val=z_val, progress=progress,

@@ -71,11 +71,11 @@ from ..concept_layer import LinearProjection
 from ..concepts import ConceptBank, FilterReport
 from ..errors import RecipeError
 from ..model import ConceptBottleneckModel
-from .base import (Param, Recipe, RecipeInputs, check_finite_fit, check_training_data, created_info, pick_device,
-                   register_recipe, standardized)
-from ..sources import (MappedSource, RowsSource, check_source_labels, column_stats, column_top, is_source,
-                       sample_rows, source_key, standardized_source)
-from .elastic_net import accuracy, fit_elastic_net, head_accuracy, regularization_path
+from .base import (Param, Recipe, RecipeInputs, check_finite_fit, check_labels, created_info, pick_device,
+                   fit_head, layer_standardized, register_recipe)
+from ..sources import (MappedSource, RowsSource, column_stats, column_top, is_source,
+                       sample_rows, source_key)
+from .elastic_net import regularization_path
 
 # Measured on Toy Birds (train split, 4,000 images, demo model, "a bird with {}."). Concept list =
 # the 324-entry assets/toybirds_vocabulary.txt: the 26 world concepts have r in [0.42, 0.79]; 61
@@ -482,20 +482,13 @@ class LabelFreeCBM(Recipe):
             val_labels: torch.Tensor | None = None, **_) -> "LabelFreeCBM":
         """features: (N, D) tensor, or a ``FeatureSource`` such as a ``FeatureStore`` (with
         ``labels=store.labels``), which is streamed: never loaded whole (see ``cbm_core.sources``)."""
-        streaming = is_source(features)
-        labels = (check_source_labels if streaming else check_training_data)(features, labels, len(self.classes))
+        labels = check_labels(features, labels, len(self.classes))
         device = pick_device(self.device)
         stage = self._concept_stage(features, val_features)
         layer = stage.layer
-        if streaming:
-            stats, z = standardized_source(layer, stage.bank.names, features, len(stage.bank))
-            res = fit_elastic_net(z, labels, len(self.classes), self.lam, self.l1_ratio, max_iter=self.max_iter,
-                                  tol=self.tol, device=device)
-        else:
-            stats, z = standardized(layer(features.float()), stage.bank.names)
-            res = fit_elastic_net(z.to(device), labels.to(device), len(self.classes), self.lam, self.l1_ratio,
-                                  max_iter=self.max_iter, tol=self.tol)
-        weight, bias = res.weight.cpu(), res.bias.cpu()
+        stats, z = layer_standardized(layer, stage.bank.names, features)
+        res, weight, bias, train_accuracy = fit_head(z, labels, len(self.classes), self.lam, self.l1_ratio,
+                                                     max_iter=self.max_iter, tol=self.tol, device=device)
         check_finite_fit(self.name, projection=layer.weight, weight=weight, bias=bias)
         self.stats_ = stats
         self.coef_ = weight
@@ -524,8 +517,7 @@ class LabelFreeCBM(Recipe):
                     "projection_val_similarity": float(stage.val_similarity.mean()),
                     "projection_text_cosine": float(stage.text_cosine.mean()),
                     "projection_text_cosine_min": float(stage.text_cosine.min())},
-            metrics={"train_accuracy": head_accuracy(z, labels, weight, bias) if streaming
-                     else accuracy(z @ weight.T + bias, labels)},
+            metrics={"train_accuracy": train_accuracy},
             created=created_info(device),
         )
         return self
@@ -534,13 +526,9 @@ class LabelFreeCBM(Recipe):
              val_labels: torch.Tensor | None = None, n_points: int = 12, progress=None):
         """The λ path over the learned concepts (a list of ``PathPoint``); the concept stage is the
         one ``fit`` uses on the same data (computed once)."""
-        streaming = is_source(features)
-        labels = (check_source_labels if streaming else check_training_data)(features, labels, len(self.classes))
+        labels = check_labels(features, labels, len(self.classes))
         stage = self._concept_stage(features, val_features)
-        if streaming:
-            stats, z = standardized_source(stage.layer, stage.bank.names, features, len(stage.bank))
-        else:
-            stats, z = standardized(stage.layer(features.float()), stage.bank.names)
+        stats, z = layer_standardized(stage.layer, stage.bank.names, features)
         z_val = (stage.layer(val_features.float()) - stats.mean) / stats.std if val_features is not None else None
         points, _ = regularization_path(z, labels, len(self.classes), l1_ratio=self.l1_ratio, n_lambdas=n_points,
                                         X_val=z_val, progress=progress,
