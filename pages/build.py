@@ -104,32 +104,34 @@ recipe_name = st.selectbox("Recipe", recipe_controls.recipe_names(include_baseli
 recipe = get_recipe(recipe_name)
 st.caption(recipe.summary + (f" — {recipe.paper}" if recipe.paper else ""))
 params = recipe_controls.param_controls(recipe, "build", main=("residual",))
+
+
+def recipe_input(label: str, types: list[str], key: str, toy_default, missing: str, load, describe):
+    """An extra input a recipe needs (a file upload; the Toy Birds one by default on Toy Birds): the
+    loaded value, or None with the reason shown."""
+    upload = st.file_uploader(label, type=types, key=key)
+    path = recipe_controls.saved_upload(upload) if upload else (toy_default if source.startswith("Toy") else None)
+    if path is None:
+        st.info(f"{recipe.name} needs {missing}.")
+        return None
+    try:
+        value = load(path)
+    except CBMError as exc:
+        st.error(str(exc))
+        return None
+    st.caption(f"✓ {describe(value)}" + ("" if upload else " (shipped with the Toy Birds demo)"))
+    return value
+
+
 pool = vocabulary = None
 if "candidate_pool" in recipe.needs:
-    pool_file = st.file_uploader("Candidate sentences per class ('class<TAB>sentence' lines)", type=["tsv", "txt"],
-                                 key="build_pool")
-    pool_path = recipe_controls.saved_upload(pool_file) if pool_file else (TOYBIRDS_POOL if source.startswith("Toy") else None)
-    if pool_path is None:
-        st.info(f"{recipe.name} needs a pool of candidate concept sentences per class.")
-    else:
-        try:
-            pool = load_candidate_pool(pool_path)
-            st.caption(f"✓ {sum(map(len, pool.values()))} candidate sentences for {len(pool)} classes"
-                       + ("" if pool_file else " (the Toy Birds pool shipped with the demo)"))
-        except CBMError as exc:
-            st.error(str(exc))
+    pool = recipe_input("Candidate sentences per class ('class<TAB>sentence' lines)", ["tsv", "txt"], "build_pool",
+                        TOYBIRDS_POOL, "a pool of candidate concept sentences per class", load_candidate_pool,
+                        lambda p: f"{sum(map(len, p.values()))} candidate sentences for {len(p)} classes")
 if "vocabulary" in recipe.needs:
-    vocab_file = st.file_uploader("Vocabulary to name learned concepts (one word or phrase per line)", type=["txt"],
-                                  key="build_vocabulary")
-    vocab_path = recipe_controls.saved_upload(vocab_file) if vocab_file else (TOYBIRDS_VOCABULARY if source.startswith("Toy") else None)
-    if vocab_path is None:
-        st.info(f"{recipe.name} needs a vocabulary to name the concepts it discovers.")
-    else:
-        try:
-            vocabulary = load_vocabulary(vocab_path)
-            st.caption(f"✓ {len(vocabulary)} words" + ("" if vocab_file else " (the Toy Birds vocabulary shipped with the demo)"))
-        except CBMError as exc:
-            st.error(str(exc))
+    vocabulary = recipe_input("Vocabulary to name learned concepts (one word or phrase per line)", ["txt"],
+                              "build_vocabulary", TOYBIRDS_VOCABULARY, "a vocabulary to name the concepts it discovers",
+                              load_vocabulary, lambda v: f"{len(v)} words")
 labels_missing = "concept_labels" in recipe.needs and source.startswith("Folder")
 if "concept_labels" in recipe.needs:
     if labels_missing:  # a folder says only the class of each image
