@@ -1,7 +1,6 @@
 """Which way each concept points, in words; and the class a file name states."""
 import torch
 
-from cbm_core.concept_layer import TextCosine
 
 from cbm_core import DIRECTIONS, Explanation, concept_directions, direction, label_from_filename
 from cbm_core.explain_text import ABSENT_AGAINST, ABSENT_FOR, NO_EFFECT, PRESENT_AGAINST, PRESENT_FOR

@@ -93,7 +93,7 @@ def test_folders_devices_pipes_and_links_to_devices_are_refused_without_reading(
     os.mkfifo(tmp_path / "pipe.png")
     (tmp_path / "zero.png").symlink_to("/dev/zero")
     # In a child process with a timeout: opening a FIFO the ordinary way would wait forever.
-    code = textwrap.dedent(f"""
+    code = textwrap.dedent("""
         import sys
         from cbm_core.errors import ImageError
         from cbm_core.images import decode_image

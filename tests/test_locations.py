@@ -1,7 +1,6 @@
 """A CSV's per-image part locations (loc:<concept> columns) and the pointing game they drive."""
 import numpy as np
 import pytest
-import torch
 
 from cbm_core.concept_metrics import Annotation, dataset_annotations, default_tolerance
 from cbm_core.data import ImageDataset

@@ -15,9 +15,9 @@ ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 120
 
 
-def page(name: str) -> AppTest:
+def page(name: str, timeout: float = TIMEOUT) -> AppTest:
     """The app, opened on one page (app.py's navigation and sidebar included)."""
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=timeout)
     at.switch_page(f"pages/{name}.py")
     return at
 

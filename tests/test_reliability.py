@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import math
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
@@ -22,15 +21,14 @@ from cbm_core.audit import stored_audit
 from cbm_core.concept_metrics import concept_metrics, stored_pointing
 from cbm_core.demo.paths import DEMO_BUNDLE, SAMPLES_DIR, load_demo_features
 from cbm_core.demo.world import CONCEPTS
+from test_pages import page as open_page
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 180
 
 
 def page(name: str) -> AppTest:
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
-    at.switch_page(f"pages/{name}.py")
-    return at
+    return open_page(name, timeout=TIMEOUT)
 
 
 @pytest.fixture(scope="module")
@@ -185,7 +183,6 @@ def test_predict_carries_the_reliability_of_each_explanation(bundle_pipe, tmp_pa
     assert f"warning: {odd}: This image is unlike the training data" in text.stderr
     assert f"warning: {bird}" not in text.stderr
     because = [line for line in lines if line.strip().startswith("because:")]
-    first = out[0]["top_concepts"][0]
     for c in out[0]["top_concepts"]:  # each concept with its presence, and its doubts where it has any
         said = f"{c['concept']} ({c['contribution']:+.2f}, {c['read_as']}, p(present) {c['p_present']:.2f}"
         assert said + (f"; {c['flag']})" if c["flag"] else ")") in because[0]

@@ -8,7 +8,6 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-import torch
 
 from cbm_core import (CBMError, ConceptBank, Intervention, Pipeline, adapt_concepts, cli, concept_directions,
                       counterfactual, evaluate, load_bundle, prune_concepts, set_weight)

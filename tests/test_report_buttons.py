@@ -13,7 +13,7 @@ import pytest
 from streamlit.delta_generator import DeltaGenerator
 from streamlit.testing.v1 import AppTest
 
-from cbm_core import Intervention, Pipeline, evaluate, prune_concepts
+from cbm_core import Intervention, Pipeline, evaluate
 from cbm_core.demo.paths import DEMO_BUNDLE, SAMPLES_DIR, load_demo_features
 from cbm_core.report import browser
 from helpers import write_class_folder

@@ -4,8 +4,6 @@ model card and the explanation report say what this bundle is (its classes, conc
 edit and what it did) and nothing of the demo's; the PDF (with chromium) has the same words."""
 from __future__ import annotations
 
-import json
-import os
 
 import pytest
 
@@ -76,7 +74,7 @@ def test_the_model_card_of_a_user_bundle_describes_that_bundle(user, capsys):
     used = [c for c in CONCEPTS if c != "white background"]
     concepts_text = text.split("Concepts Every concept", 1)[1].split("Edits made by hand", 1)[0]
     assert any(c in concepts_text for c in used)
-    assert f"Every concept listed came from" in concepts_text
+    assert "Every concept listed came from" in concepts_text
 
 
 def test_the_explanation_report_of_a_user_bundle_explains_its_images(user):
