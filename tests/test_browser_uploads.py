@@ -1,15 +1,11 @@
 """A sample of the hostile corpus through the real uploader, in Debian's chromium via Playwright,
 against `streamlit run`: no Streamlit exception box anywhere, and a visible reason for each
 refused file (formats the uploader used to filter out by extension included)."""
-import os
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
+from app_server import streamlit_app
 from hostile import Specimen, corpus
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -23,29 +19,8 @@ pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's ch
 
 @pytest.fixture(scope="module")
 def app_url():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port", str(port),
-                             "--server.address", "127.0.0.1", "--server.headless", "true"],
-                            cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 90
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                break
-        except OSError:
-            if time.time() > deadline:
-                proc.kill()
-                pytest.fail("streamlit did not start")
-            time.sleep(0.5)
-    yield f"http://127.0.0.1:{port}"
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    with streamlit_app("test_browser_uploads") as url:
+        yield url
 
 
 def test_odd_uploads_are_drawn_or_refused_in_words_never_an_exception(app_url):
