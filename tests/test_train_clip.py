@@ -68,3 +68,16 @@ def test_resuming_with_other_options_is_refused(tmp_path):
     with pytest.raises(SystemExit, match="same options"):
         main(["--out", str(tmp_path / "x"), "--n-train", "64", "--n-val", "16", "--batch-size", "16",
               "--epochs", "1.0", "--device", "cpu", "--checkpoint", str(ckpt), "--resume"])
+
+
+def test_the_vit_tower_exports_a_model_that_loads_with_a_12_by_12_grid(tmp_path):
+    from cbm_core.backbone import load_backbone
+
+    out = tmp_path / "vit"
+    main(["--out", str(out), "--tower", "vit-p8", "--n-train", "32", "--n-val", "16", "--batch-size", "16",
+          "--epochs", "0.5", "--device", "cpu", "--threads", "1"])
+    bb = load_backbone(f"local-dir:{out}", device="cpu")
+    pixels = torch.rand(2, 3, 96, 96)
+    enc = bb.encode_images(pixels, with_spatial=True)
+    assert enc.spatial.shape[-2:] == (12, 12)
+    assert torch.isfinite(enc.embeddings).all()

@@ -25,6 +25,8 @@ limit) and continue from there with ``--resume``: a run can span sessions on a 2
 
     python -m cbm_core.demo.train_clip --out /tmp/local_clip --checkpoint runs/local_clip \
         --decorrelate 0.3 --part-captions 0.3 --recolour-pairs 16 --minutes 60          # then again with --resume
+
+``--tower vit-p8`` swaps the ResNet for a small ViT whose last grid is 12 x 12 (the issue's finer grid).
 """
 from __future__ import annotations
 
@@ -48,6 +50,13 @@ MODEL_CFG = {
     "embed_dim": 64,
     "vision_cfg": {"image_size": IMAGE_SIZE, "layers": [1, 1, 1, 1], "width": 16, "head_width": 16},
     "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 4, "layers": 2},
+}
+# Image towers to choose from (``--tower``): the shipped ResNet ends on a 3 x 3 grid at 96 px, which caps
+# how well any dense map can point at a part (SALIENCY.md); a ViT with 8-pixel patches ends on 12 x 12.
+TOWERS = {
+    "resnet": (MODEL_NAME, MODEL_CFG),
+    "vit-p8": ("toybirds-vit-p8", {**MODEL_CFG, "vision_cfg": {
+        "image_size": IMAGE_SIZE, "patch_size": 8, "layers": 4, "width": 96, "head_width": 32}}),
 }
 SPECIES_TEMPLATE = "a photo of a {}."
 
@@ -228,7 +237,7 @@ def save_checkpoint(folder, step: int, model, opt, sched, rng: random.Random, hi
 
 def _resumable_options(args) -> dict:
     """The options a resumed run must share with the run it continues (time limits may differ)."""
-    keys = ("n_train", "epochs", "batch_size", "lr", "seed", "decorrelate", "part_captions", "recolour_pairs")
+    keys = ("n_train", "epochs", "batch_size", "lr", "seed", "decorrelate", "part_captions", "recolour_pairs", "tower")
     return {k: getattr(args, k) for k in keys}
 
 
@@ -245,6 +254,7 @@ def read_checkpoint(folder) -> tuple[dict, dict]:
 def load_checkpoint(folder, args, model, opt, sched, rng: random.Random) -> tuple[int, list, float]:
     """Restore a run saved by ``save_checkpoint``; returns (next step, history, seconds trained)."""
     tensors, meta = read_checkpoint(folder)
+    meta["options"].setdefault("tower", "resnet")  # checkpoints from before --tower
     if meta["options"] != _resumable_options(args):
         raise SystemExit(f"--resume: the checkpoint in {folder} was made with {meta['options']}, "
                          f"not {_resumable_options(args)}; pass the same options.")
@@ -304,6 +314,8 @@ def main(argv=None) -> None:
     ap.add_argument("--decorrelate", type=float, default=0.0, help="share of training birds with independent part colours")
     ap.add_argument("--part-captions", type=float, default=0.0, help="share of captions naming one coloured part alone")
     ap.add_argument("--recolour-pairs", type=int, default=0, help="birds per batch shown again with one part recoloured")
+    ap.add_argument("--tower", choices=sorted(TOWERS), default="resnet",
+                    help="image tower: the shipped ResNet (3 x 3 last grid) or a ViT with 8-px patches (12 x 12)")
     ap.add_argument("--n-val", type=int, default=800, help="validation birds for the zero-shot report")
     ap.add_argument("--checkpoint", default=None, help="folder for checkpoints (every --checkpoint-every steps)")
     ap.add_argument("--checkpoint-every", type=int, default=100)
@@ -322,9 +334,10 @@ def main(argv=None) -> None:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
-    register_model_config(MODEL_NAME, MODEL_CFG)
-    model = open_clip.create_model(MODEL_NAME, output_dict=True).to(args.device)
-    tokenizer = open_clip.get_tokenizer(MODEL_NAME)
+    model_name, model_cfg = TOWERS[args.tower]
+    register_model_config(model_name, model_cfg)
+    model = open_clip.create_model(model_name, output_dict=True).to(args.device)
+    tokenizer = open_clip.get_tokenizer(model_name)
     mean, std = model.visual.image_mean, model.visual.image_std
 
     t0 = time.time()
@@ -379,11 +392,11 @@ def main(argv=None) -> None:
             break
     model.eval()
     # Shipped in fp16 to halve the file; load_backbone casts to the requested precision.
-    out_dir = export_local_dir(model, MODEL_CFG, args.out, half=True,
+    out_dir = export_local_dir(model, model_cfg, args.out, half=True,
                                preprocess_cfg={"mean": list(mean), "std": list(std), "interpolation": "bicubic",
                                                "resize_mode": "shortest"})
     (out_dir / "training.json").write_text(json.dumps({
-        "model": MODEL_NAME, "config": MODEL_CFG, "seed": args.seed, "n_train": args.n_train,
+        "model": model_name, "config": model_cfg, "seed": args.seed, "n_train": args.n_train,
         "steps_run": step + 1, "steps_planned": steps, "batch_size": args.batch_size, "lr": args.lr,
         "device": args.device, "decorrelate": args.decorrelate, "part_captions": args.part_captions,
         "recolour_pairs": args.recolour_pairs, "train_seconds": round(trained + time.time() - start, 1),
