@@ -171,9 +171,9 @@ def pointing_game(pipe, items: Iterable[tuple[str, object, dict]], method: str =
     hits: dict[str, list[bool]] = {}
     chances: dict[str, list[float]] = {}
     unknown, failed = set(), []
-    for count, (name, source, annotations) in enumerate(items):
-        wanted = [c for c in annotations if c in known]
-        unknown.update(c for c in annotations if c not in known)
+    for count, (name, source, parts) in enumerate(items):
+        wanted = [c for c in parts if c in known]
+        unknown.update(c for c in parts if c not in known)
         if not wanted:
             continue
         try:
@@ -190,7 +190,7 @@ def pointing_game(pipe, items: Iterable[tuple[str, object, dict]], method: str =
         for j, concept in enumerate(wanted):
             seen = maps[j, top:top + height, left:left + width]
             py, px = divmod(int(seen.argmax()), seen.shape[1])
-            ann = annotations[concept]
+            ann = parts[concept]
             hits.setdefault(concept, []).append(ann.hit(px + left, py + top, (out[0] / W, out[1] / H), tol))
             chances.setdefault(concept, []).append(ann.chance(enc.size, tol))
         if progress:

@@ -569,19 +569,9 @@ class LocationScore:
 def input_maps(pipe, encoded, concepts: Sequence[str], method: str = "dense") -> torch.Tensor:
     """Concept maps of one encoded image on the model's input pixels (K, H, W) — before any undoing of
     the resize and crop — the same maps ``Pipeline.saliency`` aligns to the picture."""
-    from .saliency import DenseConceptMaps, GradCAM, interpolate
+    from .saliency import interpolate
 
-    model = pipe.model
-    layer = model.concept_layer.subset([model.concepts.index(n) for n in concepts])
-    if method in ("dense", "dense-surgery"):
-        grid = encoded.spatial.shape[-1]
-        scale = -(-7 // grid) if pipe.backbone.kind == "resnet" and grid < 7 else 1
-        maps = DenseConceptMaps(pipe.backbone, surgery=method == "dense-surgery", scale=scale).attribute(
-            encoded.pixels[None], layer, spatial=encoded.spatial[None])
-    elif method == "gradcam":
-        maps = GradCAM(pipe.backbone).attribute(encoded.pixels[None], layer)
-    else:
-        raise ValueError(f"Unknown saliency method '{method}'; use dense, dense-surgery or gradcam.")
+    maps = pipe.concept_maps(encoded, method, concepts)
     return interpolate(maps.maps, tuple(encoded.pixels.shape[-2:]))[0]
 
 

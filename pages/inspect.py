@@ -229,6 +229,10 @@ def where() -> None:
                       if rows.loc[name].contribution != 0 else f" · does not count towards {pred}")
                    + reliability_panel.location_caption(found, name))
         for k, name in enumerate(chosen)], seen, key="saliency_maps")
+    if enc.spatial is not None:  # the maps' true resolution, so nobody reads a blob as a pixel-exact outline
+        h, w = enc.spatial.shape[-2:]
+        st.caption(f"This model's maps have {h} × {w} cells over the region it saw: they say which part of the "
+                   f"image holds a concept's evidence, not its exact outline.")
 
 
 where()

@@ -103,15 +103,15 @@ def location_measurements(pipe, n_birds: int, method: str = "dense") -> dict:
 
     game = pointing_game(pipe, part_annotations(n_birds), method)
     rows = []
-    for name, png, annotations in part_annotations(n_birds):
+    for name, png, parts in part_annotations(n_birds):
         enc = pipe.encode(png, name)
-        present = [c for c in CONCEPT_PART if c in annotations]
+        present = [c for c in CONCEPT_PART if c in parts]
         aligned = pipe.saliency(enc, method, present)
         maps = maps_on_input(aligned, enc.size, pipe.backbone.resize_mode, tuple(enc.pixels.shape[-2:]))
         found = location_scores(pipe, enc, present, method, maps=maps)
         for j, c in enumerate(present):
             peak = np.unravel_index(int(aligned[j].argmax()), aligned[j].shape)
-            rows.append((bool(annotations[c].mask[peak]), found[c]))
+            rows.append((bool(parts[c].mask[peak]), found[c]))
     hit = torch.tensor([float(h) for h, _ in rows])
     spec = torch.tensor([f.specificity for _, f in rows])
     conc = torch.tensor([f.concentration for _, f in rows])
