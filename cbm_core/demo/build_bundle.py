@@ -29,13 +29,13 @@ def demo_concepts() -> ConceptBank:
     return ConceptBank(tuple(CONCEPTS), ("toybirds",) * len(CONCEPTS))
 
 
-def build(lam: float, seed: int = 0, out: Path = DEMO_BUNDLE, spec: str = "demo") -> dict:
-    backbone = load_backbone(spec, device="cpu")
+def fit_demo_model(backbone, splits: dict, lam: float, spec: str = "demo"):
+    """The demo's PCBM on ``backbone`` from encoded ``splits`` (``encode_split`` per split name), and a
+    report of its validation and test accuracy before and after pruning the background concepts."""
     bank = demo_concepts()
     vectors = bank.embed(backbone, [CONCEPT_TEMPLATE])
-    splits = {s: encode_split(backbone, s, n, seed) for s, n in SPLIT_SIZES.items()}
     tr_x, tr_y, _, _ = splits["train"]
-    est = PCBM(concepts=bank, concept_vectors=vectors, classes=SPECIES_NAMES, backbone_spec="demo",
+    est = PCBM(concepts=bank, concept_vectors=vectors, classes=SPECIES_NAMES, backbone_spec=spec,
                templates=[CONCEPT_TEMPLATE], lam=lam).fit(tr_x, tr_y)
     model = est.model_
     report = {"lam": lam, **model.sparsity()}
@@ -52,6 +52,13 @@ def build(lam: float, seed: int = 0, out: Path = DEMO_BUNDLE, spec: str = "demo"
                                         "val_worst_group": val["worst_group"], "test_accuracy": report["test"]["accuracy"],
                                         "test_worst_group": report["test"]["worst_group"], **model.sparsity(),
                                         "n_train": SPLIT_SIZES["train"], "n_val": SPLIT_SIZES["val"]})
+    return model, report
+
+
+def build(lam: float, seed: int = 0, out: Path = DEMO_BUNDLE, spec: str = "demo") -> dict:
+    backbone = load_backbone(spec, device="cpu")
+    splits = {s: encode_split(backbone, s, n, seed) for s, n in SPLIT_SIZES.items()}
+    model, report = fit_demo_model(backbone, splits, lam, spec)
     model.save(out, overwrite=True)
     tensors = {}
     for split in ("val", "test"):
