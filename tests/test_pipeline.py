@@ -54,3 +54,24 @@ def test_bad_upload_raises_and_keeps_the_cache(tiny_vit):
 def test_backbone_model_mismatch(tiny_vit, hand_model):
     with pytest.raises(BackboneError, match="6-d"):
         Pipeline(tiny_vit, hand_model[0])
+
+
+@pytest.mark.parametrize("fixture", ["tiny_vit", "tiny_rn"])
+def test_dense_maps_are_the_towers_own_grid_from_the_cached_features(fixture, request):
+    """The default maps cost one matrix product on the features the encoding cached: the tower's own grid
+    (no enlarged re-run of the trunk), the same maps the reliability scores read, aligned to the picture."""
+    from cbm_core.reliability import input_maps
+    from cbm_core.saliency import DenseConceptMaps
+
+    bb = request.getfixturevalue(fixture)
+    pipe = Pipeline(bb, _model_for(bb))
+    enc = pipe.encode(_png(shape_image("blue", 2, size=80)))
+    maps = pipe.concept_maps(enc, "dense", ["red", "round"])
+    assert maps.maps.shape == (1, 2, *enc.spatial.shape[-2:])
+    layer = pipe.model.concept_layer.subset([0, 2])
+    from_pixels = DenseConceptMaps(bb).attribute(enc.pixels[None], layer)  # encoding afresh gives the same maps
+    torch.testing.assert_close(maps.maps, from_pixels.maps, atol=1e-5, rtol=1e-4)
+    assert pipe.saliency(enc, "dense", ["red", "round"]).shape == (2, 80, 80)
+    assert input_maps(pipe, enc, ["red", "round"]).shape == (2, *enc.pixels.shape[-2:])
+    with pytest.raises(ValueError, match="Unknown saliency method"):
+        pipe.concept_maps(enc, "occlusion")
