@@ -504,6 +504,9 @@ def cmd_report(args) -> None:
     if args.images:
         pipe = _load_pipeline(args)  # asks for --trust-backbone where the bundle's backbone needs it
         model = pipe.model
+        if args.saliency not in pipe.map_methods():  # before the slow steps
+            raise CBMError(f"--saliency {args.saliency}: this model's {pipe.backbone.kind} tower offers "
+                           f"{', '.join(pipe.map_methods())}.")
     else:
         from .bundle import load_bundle
 
@@ -564,6 +567,7 @@ def _requested_recipe(argv) -> str:
 
 def build_parser(recipe_name: str = "pcbm") -> argparse.ArgumentParser:
     from .recipes import RECIPES, get_recipe
+    from .pipeline import MAP_METHODS
 
     recipe = get_recipe(recipe_name)
     parser = argparse.ArgumentParser(prog="python -m cbm_core", description=__doc__,
@@ -746,8 +750,8 @@ def build_parser(recipe_name: str = "pcbm") -> argparse.ArgumentParser:
                                                         "every image; the report shows its effect")
     r.add_argument("--counterfactual", default=None, metavar="CLASS",
                    help="show the fewest concept changes that make this class win (default: the runner-up)")
-    r.add_argument("--saliency", default="dense", choices=["dense", "dense-surgery", "gradcam"],
-                   help="how the heat maps are computed (default dense)")
+    r.add_argument("--saliency", default="dense", choices=list(MAP_METHODS),
+                   help="how the heat maps are computed (default dense; gradcam-fine needs a ResNet tower)")
     r.add_argument("--title", default=None, help="the report's title")
     common(r)
     r.set_defaults(func=cmd_report)

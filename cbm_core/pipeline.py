@@ -46,6 +46,18 @@ def backbone_for(model: ConceptBottleneckModel, *, device=None, precision=None, 
     return load_backbone(model.backbone_spec, device=device, precision=precision)
 
 
+# The saliency methods, the default first; ``Pipeline.map_methods`` gives those a tower offers. Chosen and
+# described by measurement on Toy Birds (docs/SALIENCY.md): dense maps are the most faithful overall (best
+# deletion and insertion); Grad-CAM at a ResNet's stage 2 (a 4x finer grid) points at the part best.
+MAP_METHODS = {
+    "dense": "forward-only maps of every concept at once, at the tower's own grid (default)",
+    "dense-surgery": "dense maps minus what all concepts share",
+    "gradcam": "gradient-weighted maps at the last layer (one batched backward pass)",
+    "gradcam-fine": "Grad-CAM at the ResNet's stage 2, a 4x finer grid: points at small parts best, "
+                    "but less faithful overall (ResNet towers only)",
+}
+
+
 class EncodingCache:
     """A bounded, thread-safe LRU of ``EncodedImage`` keyed by content hash; one per backbone,
     shareable by many pipelines (models) and sessions."""
@@ -116,26 +128,30 @@ class Pipeline:
         encoded = [self.encode(img) for img in images]
         return self.explain_encoded(encoded, intervention)
 
-    def concept_maps(self, encoded: EncodedImage, method: str = "dense", concepts: Sequence[str] | None = None):
-        """Concept maps for one encoded image at the tower's own grid (a ``SaliencyMaps`` of (1, K, h, w)).
+    def map_methods(self) -> tuple[str, ...]:
+        """The saliency methods this tower offers, the default first (see ``MAP_METHODS``)."""
+        return tuple(m for m in MAP_METHODS if m != "gradcam-fine" or self.backbone.kind == "resnet")
 
-        method: ``dense`` (forward only: the cached features, one matrix product), ``dense-surgery``
-        or ``gradcam`` (one batched backward pass); concepts default to all of the model's. Dense maps
-        are not refined by re-running a ResNet trunk on an enlarged image: measured on Toy Birds
-        (docs/SALIENCY.md) that points worse (0.137 against 0.207) and deletes worse, at the cost of a
-        second forward pass."""
+    def concept_maps(self, encoded: EncodedImage, method: str = "dense", concepts: Sequence[str] | None = None):
+        """Concept maps for one encoded image (a ``SaliencyMaps`` of (1, K, h, w)); ``MAP_METHODS`` says
+        what each method is. Concepts default to all of the model's.
+
+        Dense maps are not refined by re-running a ResNet trunk on an enlarged image: measured on Toy
+        Birds (docs/SALIENCY.md) that points worse (0.137 against 0.207) and deletes worse, at the cost of
+        a second forward pass."""
         from .saliency import DenseConceptMaps, GradCAM
 
+        if method not in self.map_methods():
+            raise ValueError(f"Unknown saliency method '{method}' for this {self.backbone.kind} tower; use "
+                             f"{', '.join(self.map_methods())}.")
         names = list(concepts) if concepts is not None else list(self.model.concepts.names)
         layer = self.model.concept_layer.subset([self.model.concepts.index(n) for n in names])
         if method in ("dense", "dense-surgery"):
             return DenseConceptMaps(self.backbone, surgery=method == "dense-surgery").attribute(
                 encoded.pixels[None] if encoded.pixels is not None else None, layer, spatial=encoded.spatial[None])
-        if method == "gradcam":
-            if encoded.pixels is None:
-                raise ValueError("Grad-CAM needs the preprocessed pixels; re-encode the image.")
-            return GradCAM(self.backbone).attribute(encoded.pixels[None], layer)
-        raise ValueError(f"Unknown saliency method '{method}'; use dense, dense-surgery or gradcam.")
+        if encoded.pixels is None:
+            raise ValueError("Grad-CAM needs the preprocessed pixels; re-encode the image.")
+        return GradCAM(self.backbone, layer=2 if method == "gradcam-fine" else None).attribute(encoded.pixels[None], layer)
 
     def saliency(self, encoded: EncodedImage, method: str = "dense", concepts: Sequence[str] | None = None,
                  out_size: tuple[int, int] | None = None) -> torch.Tensor:

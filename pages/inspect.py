@@ -6,6 +6,7 @@ import streamlit as st
 
 from cbm_core import ImageError, concept_directions, label_from_filename
 from cbm_core.overlay import heat_layer, seen_region
+from cbm_core.pipeline import MAP_METHODS
 from ui import charts, common, report_button, sidebar
 from ui.saliency_panel import ConceptMap, prefetch_maps, saliency_maps, saliency_panel
 from ui.images import UPLOAD_HELP, display_image, overlay_size, plain, width_within
@@ -84,6 +85,8 @@ i = names.index(current)
 enc = encoded[current]
 directions = concept_directions(exp_all, i)  # the predicted class's contributions, each with its direction
 default_concepts = list(directions[directions.contribution > 0].concept[:3]) or list(directions.concept[:3])
+if st.session_state.get("sal_method", "dense") not in pipe.map_methods():  # a method the last bundle's tower had
+    st.session_state["sal_method"] = "dense"
 prefetch_maps(pipe, enc, st.session_state.get("sal_method", "dense"),
               st.session_state.get(f"sal_concepts_{current}", default_concepts), overlay_size(enc.size))
 
@@ -208,9 +211,8 @@ def where() -> None:
     the browser (ui/saliency_panel.js), so moving it re-runs nothing at all."""
     st.subheader("Where does the model see each concept?")
     controls = st.columns([3, 4])
-    method = controls[0].radio("Method", ["dense", "dense-surgery", "gradcam"], horizontal=True, key="sal_method",
-                               help="dense: forward-only maps for all concepts at once (default). dense-surgery: removes "
-                                    "what all concepts share. gradcam: gradient maps, one batched backward pass.")
+    method = controls[0].radio("Method", pipe.map_methods(), horizontal=True, key="sal_method",
+                               help="  \n".join(f"**{m}**: {MAP_METHODS[m]}." for m in pipe.map_methods()))
     chosen = controls[1].multiselect("Concepts", list(pipe.model.concepts.names), default=default_concepts,
                                      key=f"sal_concepts_{current}", wrap=True)  # whole names, never cut off
     if not chosen:
@@ -230,7 +232,7 @@ def where() -> None:
                    + reliability_panel.location_caption(found, name))
         for k, name in enumerate(chosen)], seen, key="saliency_maps")
     if enc.spatial is not None:  # the maps' true resolution, so nobody reads a blob as a pixel-exact outline
-        h, w = enc.spatial.shape[-2:]
+        h, w = (4 * n for n in enc.spatial.shape[-2:]) if method == "gradcam-fine" else enc.spatial.shape[-2:]
         st.caption(f"This model's maps have {h} × {w} cells over the region it saw: they say which part of the "
                    f"image holds a concept's evidence, not its exact outline.")
 

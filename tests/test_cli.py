@@ -221,3 +221,14 @@ def test_csv_paths_outside_the_manifests_folder_need_a_flag(world, small_bundle)
     assert refused.returncode == 2 and "line 2: path '../data/blue/000.png' leads outside" in refused.stderr
     assert "--allow-outside-paths" in refused.stderr and "Traceback" not in refused.stderr
     assert json.loads(run(*args, "--allow-outside-paths").stdout)["n"] == 6
+
+
+def test_a_map_method_the_tower_lacks_is_one_clear_error(world, small_bundle, capsys):
+    from cbm_core.cli import main
+
+    image = str(world / "data" / "green" / "001.png")
+    code = main(["report", "--bundle", str(small_bundle), image, "--saliency", "gradcam-fine", "--out",
+                 str(world / "fine.html"), "--device", "cpu", "--trust-backbone"])
+    out, err = capsys.readouterr()
+    assert code == 2 and "--saliency gradcam-fine: this model's vit tower offers dense, dense-surgery, gradcam" in err
+    assert err.count("\n") == 1 and not (world / "fine.html").exists()

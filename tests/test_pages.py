@@ -298,3 +298,16 @@ def test_a_model_built_here_is_evaluated_and_edited_on_the_data_it_was_built_on(
     proposal = prune_concepts(result.model, ["red"]).model
     table = compare(result.model, proposal, val.embeddings, val.labels)
     assert {x.label: x.value for x in at.metric}["Accuracy"] == f"{table.iloc[0].after:.1%}"
+
+
+def test_inspect_offers_the_fine_gradcam_on_the_demo_and_says_its_grid():
+    """The demo's ResNet offers every method; the fine Grad-CAM's maps are 12 x 12 at 96 px, and the page says so."""
+    at = page("inspect").run()
+    assert not at.exception, at.exception
+    method = widget(at.radio, "sal_method")
+    assert list(method.options) == ["dense", "dense-surgery", "gradcam", "gradcam-fine"]
+    assert any("3 × 3 cells" in c.value for c in at.caption)
+    method.set_value("gradcam-fine").run()
+    assert not at.exception, at.exception
+    assert any("12 × 12 cells" in c.value for c in at.caption)
+    assert len(component_data(at, "saliency_maps")["maps"]) == 3

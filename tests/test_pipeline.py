@@ -75,3 +75,20 @@ def test_dense_maps_are_the_towers_own_grid_from_the_cached_features(fixture, re
     assert input_maps(pipe, enc, ["red", "round"]).shape == (2, *enc.pixels.shape[-2:])
     with pytest.raises(ValueError, match="Unknown saliency method"):
         pipe.concept_maps(enc, "occlusion")
+
+
+def test_fine_gradcam_is_offered_for_resnet_towers_only_and_is_four_times_finer(tiny_vit, tiny_rn):
+    from cbm_core.pipeline import MAP_METHODS
+    from cbm_core.saliency import GradCAM
+
+    vit, rn = Pipeline(tiny_vit, _model_for(tiny_vit)), Pipeline(tiny_rn, _model_for(tiny_rn))
+    assert rn.map_methods() == tuple(MAP_METHODS) and rn.map_methods()[0] == "dense"
+    assert "gradcam-fine" not in vit.map_methods()
+    enc = rn.encode(_png(shape_image("red", 3, size=64)))
+    fine = rn.concept_maps(enc, "gradcam-fine", ["red", "round"])
+    assert fine.maps.shape[-2:] == tuple(4 * n for n in enc.spatial.shape[-2:])
+    layer = rn.model.concept_layer.subset([0, 2])
+    torch.testing.assert_close(fine.maps, GradCAM(tiny_rn, layer=2).attribute(enc.pixels[None], layer).maps)
+    assert rn.saliency(enc, "gradcam-fine", ["red"]).shape == (1, 64, 64)
+    with pytest.raises(ValueError, match="for this vit tower; use dense, dense-surgery, gradcam"):
+        vit.concept_maps(vit.encode(_png(shape_image("red", 3))), "gradcam-fine")

@@ -342,7 +342,9 @@ def location_section(pipe, model):
 
     found = _peek(model, "pointing") or stored_pointing(model)
     with st.expander("Location: do the maps land on the parts? (pointing game)", expanded=False):
-        method = st.radio("Map", ["dense", "dense-surgery", "gradcam"], horizontal=True, key="pointing_method")
+        if st.session_state.get("pointing_method", "dense") not in pipe.map_methods():
+            st.session_state["pointing_method"] = "dense"
+        method = st.radio("Map", pipe.map_methods(), horizontal=True, key="pointing_method")
         if common.is_toy_birds(model):
             n = 30
             if st.button(f"Measure on {n} Toy Birds test birds (their part masks)", key="pointing_demo"):
