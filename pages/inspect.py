@@ -219,7 +219,7 @@ def where() -> None:
         return
     size = overlay_size(enc.size)  # never a 0-pixel side, however thin the image
     with st.spinner("Computing maps…"):
-        maps = saliency_maps(pipe, enc, method, chosen, size)
+        maps, grid = saliency_maps(pipe, enc, method, chosen, size)
     shown_image = display_image(images[current], current).image.resize(size)
     seen = seen_region(enc.size, pipe.backbone.resize_mode, size)
     rows = directions.set_index("concept")
@@ -231,10 +231,9 @@ def where() -> None:
                       if rows.loc[name].contribution != 0 else f" · does not count towards {pred}")
                    + reliability_panel.location_caption(found, name))
         for k, name in enumerate(chosen)], seen, key="saliency_maps")
-    if enc.spatial is not None:  # the maps' true resolution, so nobody reads a blob as a pixel-exact outline
-        h, w = (4 * n for n in enc.spatial.shape[-2:]) if method == "gradcam-fine" else enc.spatial.shape[-2:]
-        st.caption(f"This model's maps have {h} × {w} cells over the region it saw: they say which part of the "
-                   f"image holds a concept's evidence, not its exact outline.")
+    # the maps' true resolution, so nobody reads a blob as a pixel-exact outline
+    st.caption(f"These maps have {grid[0]} × {grid[1]} cells over the region the model saw: they say which part of "
+               f"the image holds a concept's evidence, not its exact outline.")
 
 
 where()

@@ -33,18 +33,25 @@ def _maps_key(pipe, enc, method: str, concepts, size) -> tuple:
     return id(pipe.model), enc.digest, method, tuple(concepts), tuple(size)
 
 
+def _maps_and_grid(pipe, enc, method: str, concepts, size: tuple[int, int]):
+    """The maps aligned to the picture at ``size`` (K, h, w), and the tower grid they were drawn on."""
+    native = pipe.concept_maps(enc, method, list(concepts))
+    return native.to_image(enc.size, size)[0], tuple(native.maps.shape[-2:])
+
+
 def prefetch_maps(pipe, enc, method: str, concepts, size: tuple[int, int]) -> None:
-    """Start ``pipe.saliency(enc, method, concepts, size)`` in the background for ``saliency_maps``."""
-    future = _WORKER.submit(pipe.saliency, enc, method, list(concepts), size)
+    """Start ``saliency_maps``' work in the background."""
+    future = _WORKER.submit(_maps_and_grid, pipe, enc, method, list(concepts), size)
     st.session_state["saliency_prefetch"] = (_maps_key(pipe, enc, method, concepts, size), future)
 
 
 def saliency_maps(pipe, enc, method: str, concepts, size: tuple[int, int]):
-    """``pipe.saliency(...)``: the prefetched result when it is for these arguments, else computed now."""
+    """(maps aligned to the picture at ``size``, their native (h, w) grid): the prefetched result when it
+    is for these arguments, else computed now."""
     key, future = st.session_state.pop("saliency_prefetch", (None, None))
     if key == _maps_key(pipe, enc, method, concepts, size):
         return future.result()
-    return pipe.saliency(enc, method, list(concepts), out_size=size)
+    return _maps_and_grid(pipe, enc, method, concepts, size)
 
 
 @dataclass(frozen=True)
