@@ -261,9 +261,9 @@ def write_docs(result: dict) -> Path:
                  f"with AUROC {loc['auroc_specificity_for_hit']:.3f} (concentration alone {loc['auroc_concentration_for_hit']:.3f}). "
                  "Pointing game by verdict: " + ", ".join(f"{v} {_num(d['pointing_game'], 2)} ({d['maps']} maps)"
                                                           for v, d in loc["by_verdict"].items()) + ".")
-    L += ["", "The pipeline's `dense` maps on the demo tower are refined by running the image at 3 × its size (its last "
-              "grid is 3 × 3; `Pipeline.saliency` does this for any ResNet grid under 7 × 7), so these pointing-game "
-              "numbers belong beside docs/SALIENCY.md's `dense-x3` row (0.137 there), not its plain `dense` row.", "",
+    L += ["", "The pipeline's `dense` maps are drawn at the tower's own grid (3 × 3 on the demo tower; the enlarged-image "
+              "refinement was dropped because it pointed worse, docs/SALIENCY.md), so these pointing-game numbers belong "
+              "beside docs/SALIENCY.md's plain `dense` row (0.207 there).", "",
           "Reading: the maps' brightest region does carry evidence (deleting it lowers the score far more than deleting "
               "the same area elsewhere), but on this demo tower that evidence is rarely the small part itself "
               "(docs/SALIENCY.md): the location score is a weak predictor of a pointing-game hit, which is why the app "
