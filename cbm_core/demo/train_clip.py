@@ -244,11 +244,9 @@ def _resumable_options(args) -> dict:
 def read_checkpoint(folder) -> tuple[dict, dict]:
     """(tensors, metadata) of the checkpoint in ``folder``."""
     from safetensors import safe_open
-    from safetensors.torch import load_file
 
-    with safe_open(str(_checkpoint_path(folder)), "pt") as f:
-        meta = json.loads(f.metadata()["state"])
-    return load_file(str(_checkpoint_path(folder))), meta
+    with safe_open(str(_checkpoint_path(folder)), "pt") as f:  # one read for the tensors and the metadata
+        return {k: f.get_tensor(k) for k in f.keys()}, json.loads(f.metadata()["state"])
 
 
 def load_checkpoint(folder, args, model, opt, sched, rng: random.Random) -> tuple[int, list, float]:
