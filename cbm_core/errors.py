@@ -42,3 +42,7 @@ class InterventionError(CBMError):
 
 class RecipeError(CBMError, ValueError):
     """A recipe's options or inputs are unusable, or its fit failed (e.g. produced non-finite numbers)."""
+
+
+class SaliencyError(CBMError, ValueError):
+    """A saliency method the model's image tower does not offer (e.g. ``gradcam-fine`` on a ViT)."""

@@ -15,7 +15,7 @@ import torch
 
 from .backbone import Backbone, ImageEncoding, load_backbone, spec_needs_trust
 from .bundle import load_bundle
-from .errors import BackboneError, UntrustedBackboneError
+from .errors import BackboneError, SaliencyError, UntrustedBackboneError
 from .images import ImageSource, image_digest, load_image, read_image_bytes
 from .interventions import Intervention
 from .model import ConceptBottleneckModel, Explanation
@@ -132,6 +132,12 @@ class Pipeline:
         """The saliency methods this tower offers, the default first (see ``MAP_METHODS``)."""
         return tuple(m for m in MAP_METHODS if m != "gradcam-fine" or self.backbone.kind == "resnet")
 
+    def check_map_method(self, method: str) -> None:
+        """Raise ``SaliencyError`` unless this tower offers ``method``."""
+        if method not in self.map_methods():
+            raise SaliencyError(f"Unknown saliency method '{method}' for this {self.backbone.kind} tower; use "
+                                f"{', '.join(self.map_methods())}.")
+
     def concept_maps(self, encoded: EncodedImage, method: str = "dense", concepts: Sequence[str] | None = None):
         """Concept maps for one encoded image (a ``SaliencyMaps`` of (1, K, h, w)); ``MAP_METHODS`` says
         what each method is. Concepts default to all of the model's.
@@ -141,9 +147,7 @@ class Pipeline:
         a second forward pass."""
         from .saliency import DenseConceptMaps, GradCAM
 
-        if method not in self.map_methods():
-            raise ValueError(f"Unknown saliency method '{method}' for this {self.backbone.kind} tower; use "
-                             f"{', '.join(self.map_methods())}.")
+        self.check_map_method(method)
         names = list(concepts) if concepts is not None else list(self.model.concepts.names)
         layer = self.model.concept_layer.subset([self.model.concepts.index(n) for n in names])
         if method in ("dense", "dense-surgery"):

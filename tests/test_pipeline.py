@@ -92,3 +92,8 @@ def test_fine_gradcam_is_offered_for_resnet_towers_only_and_is_four_times_finer(
     assert rn.saliency(enc, "gradcam-fine", ["red"]).shape == (1, 64, 64)
     with pytest.raises(ValueError, match="for this vit tower; use dense, dense-surgery, gradcam"):
         vit.concept_maps(vit.encode(_png(shape_image("red", 3))), "gradcam-fine")
+    from cbm_core.errors import SaliencyError
+    from cbm_core.report.export import explanation_report
+
+    with pytest.raises(SaliencyError, match="for this vit tower"):  # a user-facing error, before any image is read
+        explanation_report(vit, {"x.png": b"not read"}, saliency="gradcam-fine")

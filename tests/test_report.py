@@ -168,6 +168,16 @@ def test_a_report_lists_the_images_it_could_not_read_and_refuses_unknown_names(p
         explanation_report(pipe, {"broken.png": b"not an image"})
 
 
+def test_the_fine_gradcam_draws_the_reports_maps_on_the_demos_resnet(pipe):
+    fine = Page(explanation_report(pipe, [STORY], saliency="gradcam-fine", reliability=False).to_html())
+    dense = Page(explanation_report(pipe, [STORY], reliability=False).to_html())
+    assert "Heat maps (Grad-CAM on a finer grid)" in fine.all_text and "Heat maps (dense concept maps)" in dense.all_text
+
+    def maps(page):
+        return [c for c in page.classes if c in ("map", "map absent")]
+    assert maps(fine) == maps(dense) and len(maps(fine)) >= 3  # the same concepts' maps, drawn another way
+
+
 def test_the_model_card_measures_each_edit_made_since_the_bundle_was_opened(card):
     base = load_bundle(DEMO_BUNDLE)
     edited = prune_concepts(base, BACKGROUNDS).model

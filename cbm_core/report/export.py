@@ -322,6 +322,7 @@ def explanation_report(pipeline, images, *, intervention: Intervention | None = 
     model_card_section: append the full model card (with ``evaluation`` data, if given).
     """
     model = pipeline.model
+    pipeline.check_map_method(saliency)
     spurious = _resolve_concepts(model, spurious, "concept")
     if intervention is not None:
         for concept in intervention.concepts:
