@@ -157,7 +157,7 @@ def _read_intervention(path: str):
 def cmd_predict(args) -> None:
     from .errors import ImageError
     from .images import printable, read_image_bytes
-    from .reliability import reliability
+    from .explain.reliability import reliability
 
     intervention = _read_intervention(args.intervention) if args.intervention else None  # before the slow load
     pipe = _load_pipeline(args)
@@ -302,7 +302,7 @@ def cmd_compare(args) -> None:
 
 def cmd_info(args) -> None:
     from .bundle import load_bundle
-    from .reliability import summarize_stored
+    from .explain.reliability import summarize_stored
 
     model = load_bundle(args.bundle)
     recipe = dict(model.recipe)
@@ -540,7 +540,7 @@ def _reliability_fit(model, features, labels, name: str):
     (the report then falls back to the model's training statistics) when the data is too small to fit."""
     import dataclasses
 
-    from .reliability import OOD_KEY, PRESENCE_KEY, fit_reliability, stored
+    from .explain.reliability import OOD_KEY, PRESENCE_KEY, fit_reliability, stored
 
     if stored(model, PRESENCE_KEY) is not None and stored(model, OOD_KEY) is not None:
         return model

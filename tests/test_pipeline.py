@@ -60,7 +60,7 @@ def test_backbone_model_mismatch(tiny_vit, hand_model):
 def test_dense_maps_are_the_towers_own_grid_from_the_cached_features(fixture, request):
     """The default maps cost one matrix product on the features the encoding cached: the tower's own grid
     (no enlarged re-run of the trunk), the same maps the reliability scores read, aligned to the picture."""
-    from cbm_core.reliability import input_maps
+    from cbm_core.explain.reliability import input_maps
     from cbm_core.saliency import DenseConceptMaps
 
     bb = request.getfixturevalue(fixture)

@@ -12,9 +12,9 @@ import torch
 from PIL import Image
 
 from cbm_core import CBMError, Pipeline, load_bundle, prune_concepts
-from cbm_core import reliability as rel
-from cbm_core.atlas import atlas_images, atlas_index, concept_atlas
-from cbm_core.audit import concept_audit, stored_audit, with_audit
+from cbm_core.explain import reliability as rel
+from cbm_core.explain.atlas import atlas_images, atlas_index, concept_atlas
+from cbm_core.explain.audit import concept_audit, stored_audit, with_audit
 from cbm_core.concept_layer import TextCosine
 from cbm_core.concepts import ConceptBank
 from cbm_core.demo.ood_proxies import proxy_images, sample_photos
@@ -23,7 +23,7 @@ from cbm_core.demo.reference_images import image_for
 from cbm_core.demo.shifted import SUPERVISED_BUNDLE, load_shifted_features
 from cbm_core.demo.world import CONCEPTS, render, sample_bird
 from cbm_core.model import ConceptBottleneckModel, ConceptStats
-from cbm_core.paraphrase import name_stability, paraphrases, with_name_stability
+from cbm_core.explain.paraphrase import name_stability, paraphrases, with_name_stability
 
 LABEL_NAMES = list(CONCEPTS)
 FITS = (rel.PRESENCE_KEY, rel.OOD_KEY, rel.NAMES_KEY, "concept_audit", "concept_pointing")
@@ -329,7 +329,7 @@ def _head(features, n: int):
 
 def rel_round(audit):
     """What survives storage (six significant digits)."""
-    from cbm_core.audit import ConceptAudit
+    from cbm_core.explain.audit import ConceptAudit
 
     return ConceptAudit.from_json(audit.to_json())
 
@@ -405,7 +405,7 @@ def test_a_malformed_stored_fit_falls_back(fitted):
 def test_a_stored_pointing_game_travels_with_the_model_and_only_for_its_concepts(fitted, tmp_path):
     import pandas as pd
 
-    from cbm_core.concept_metrics import PointingResult, stored_pointing, with_pointing
+    from cbm_core.explain.concept_metrics import PointingResult, stored_pointing, with_pointing
 
     frame = pd.DataFrame([{"concept": "red wing", "n": 10, "hits": 4, "pointing_game": 0.4, "chance": 0.027},
                           {"concept": "red crown", "n": 5, "hits": 0, "pointing_game": 0.0, "chance": 0.007}])

@@ -16,9 +16,9 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from cbm_core import Pipeline
-from cbm_core import reliability as rel
-from cbm_core.audit import stored_audit
-from cbm_core.concept_metrics import concept_metrics, stored_pointing
+from cbm_core.explain import reliability as rel
+from cbm_core.explain.audit import stored_audit
+from cbm_core.explain.concept_metrics import concept_metrics, stored_pointing
 from cbm_core.demo.paths import DEMO_BUNDLE, SAMPLES_DIR, load_demo_features
 from cbm_core.demo.world import CONCEPTS
 from test_pages import page as open_page

@@ -12,7 +12,7 @@ import pytest
 from cbm_core import (CBMError, ConceptBank, Intervention, Pipeline, adapt_concepts, cli, concept_directions,
                       counterfactual, evaluate, load_bundle, prune_concepts, set_weight)
 from cbm_core.demo.paths import DEMO_BUNDLE, SAMPLES_DIR, load_demo_features
-from cbm_core.reliability import reliability
+from cbm_core.explain.reliability import reliability
 from cbm_core.report import browser, figures
 from cbm_core.report.export import explanation_report, model_card
 
@@ -368,8 +368,8 @@ def test_the_cli_writes_a_pdf(tmp_path):
 
 
 def test_the_model_card_says_the_stored_concept_audit_in_words_and_lists_no_stored_record_as_a_measure():
-    from cbm_core.audit import ConceptAudit, with_audit
-    from cbm_core.reliability import fit_reliability
+    from cbm_core.explain.audit import ConceptAudit, with_audit
+    from cbm_core.explain.reliability import fit_reliability
 
     from types import SimpleNamespace
 
@@ -394,7 +394,7 @@ def test_an_image_unlike_the_training_data_is_flagged_before_its_explanation(pip
 
     from helpers import shape_image
 
-    from cbm_core.reliability import TYPICAL, ood_check
+    from cbm_core.explain.reliability import TYPICAL, ood_check
 
     buffer = io.BytesIO()
     shape_image("red", 3, size=160).save(buffer, "PNG")

@@ -2,7 +2,7 @@
 (is the image like the training data, is each concept really there, is its map on it, is its name
 robust, what does it look like in other images) and the concept-level audit on Evaluate.
 
-Every number comes from the engine (cbm_core.reliability, atlas, audit, paraphrase, concept_metrics).
+Every number comes from the engine (cbm_core.explain.reliability, atlas, audit, paraphrase, concept_metrics).
 What is fitted once per model — a presence calibration and an out-of-distribution reference for a
 model whose bundle does not carry them, the atlas, the audit, the paraphrase check, the pointing game —
 is kept per model object (a weak reference: an edited model is a new object and gets its own), so a
@@ -19,7 +19,7 @@ import pandas as pd
 import streamlit as st
 
 from cbm_core import CBMError
-from cbm_core import reliability as rel
+from cbm_core.explain import reliability as rel
 from cbm_core.overlay import overlay
 from ui import common
 
@@ -214,7 +214,7 @@ def _disk_reference(spec: str, device, precision, path: str, split: str | None):
 
 
 def atlas_view(pipe, concept: str, method: str = "dense", n: int = 5) -> None:
-    from cbm_core.atlas import atlas_images, concept_atlas
+    from cbm_core.explain.atlas import atlas_images, concept_atlas
 
     model = pipe.model
     ref = reference(model)
@@ -251,7 +251,7 @@ def atlas_view(pipe, concept: str, method: str = "dense", n: int = 5) -> None:
 # -- Evaluate ---------------------------------------------------------------------------------------
 def audit_badge(model) -> None:
     """Beside Evaluate's headline numbers: does the model really use its concepts?"""
-    from cbm_core.audit import stored_audit
+    from cbm_core.explain.audit import stored_audit
 
     audit = stored_audit(model) or _peek(model, "audit")
     if audit is None:
@@ -285,7 +285,7 @@ def labels_for(model, feats):
 
 def evaluate_section(pipe, model, feats) -> None:
     """The paper's three metrics per concept, the location check, name robustness and the audit."""
-    from cbm_core.concept_metrics import concept_metrics, existence_rate
+    from cbm_core.explain.concept_metrics import concept_metrics, existence_rate
 
     st.subheader("Is each concept used, present and in the right place?")
     labels = labels_for(model, feats)
@@ -338,7 +338,7 @@ def evaluate_section(pipe, model, feats) -> None:
 
 def location_section(pipe, model):
     """The pointing game: on Toy Birds test birds (their part masks) or on a CSV's loc:<concept> columns."""
-    from cbm_core.concept_metrics import dataset_annotations, pointing_game, stored_pointing
+    from cbm_core.explain.concept_metrics import dataset_annotations, pointing_game, stored_pointing
 
     found = _peek(model, "pointing") or stored_pointing(model)
     with st.expander("Location: do the maps land on the parts? (pointing game)", expanded=False):
@@ -400,7 +400,7 @@ def name_frame(model):
 
 
 def names_section(pipe, model) -> None:
-    from cbm_core.paraphrase import FRAGILE_BELOW, name_stability, text_layer
+    from cbm_core.explain.paraphrase import FRAGILE_BELOW, name_stability, text_layer
 
     with st.expander("Are the names robust? (paraphrases of each prompt)"):
         if not text_layer(model):
@@ -430,7 +430,7 @@ def names_section(pipe, model) -> None:
 
 
 def audit_section(pipe, model) -> None:
-    from cbm_core.audit import concept_audit, stored_audit
+    from cbm_core.explain.audit import concept_audit, stored_audit
 
     st.subheader("Does the model really use its concepts?")
     audit = stored_audit(model) or _peek(model, "audit")
@@ -439,7 +439,7 @@ def audit_section(pipe, model) -> None:
     splits = baseline_splits(model)
     if audit is None and splits is None:
         st.caption("The audit needs labelled data the model was not fitted on: available here for the demo and for a "
-                   "model built in this session; for your own data, from Python (`cbm_core.audit.concept_audit`).")
+                   "model built in this session; for your own data, from Python (`cbm_core.explain.audit.concept_audit`).")
         return
     if splits is not None and st.button("Run the audit" if audit is None else "Run the audit again", key="audit_go",
                                         help="Bypass, leakage, and named concepts against random directions and "

@@ -25,14 +25,14 @@ def bird_name(split: str, index: int, seed: int = 0) -> str:
 
 
 def image_for(split: str = "val", seed: int = 0):
-    """``image_for(i) -> (name, png bytes)`` for ``cbm_core.atlas.atlas_images`` over a split's features."""
+    """``image_for(i) -> (name, png bytes)`` for ``cbm_core.explain.atlas.atlas_images`` over a split's features."""
     return lambda i: (bird_name(split, i, seed), bird_png(split, i, seed))
 
 
 def part_annotations(n: int, split: str = "test", seed: int = 0, start: int = 0) -> Iterator[tuple[str, bytes, dict]]:
     """``(name, png bytes, {concept: Annotation(mask)})`` for birds ``start .. start + n - 1`` of
     ``split``: every part-level concept present in the bird, with its part's pixel mask."""
-    from ..concept_metrics import Annotation
+    from ..explain.concept_metrics import Annotation
 
     for i in range(start, start + n):
         bird = sample_bird(seed, i, split)

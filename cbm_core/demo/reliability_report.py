@@ -30,12 +30,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..audit import concept_audit, verdict_of, with_audit
+from ..explain.audit import concept_audit, verdict_of, with_audit
 from ..bundle import load_bundle
-from ..concept_metrics import existence_rate, pointing_game, with_pointing
-from ..paraphrase import name_stability, text_layer, with_name_stability
+from ..explain.concept_metrics import existence_rate, pointing_game, with_pointing
+from ..explain.paraphrase import name_stability, text_layer, with_name_stability
 from ..pipeline import Pipeline
-from ..reliability import (PresenceCalibration, auroc, expected_calibration_error, extreme_concepts, fit_reliability,
+from ..explain.reliability import (PresenceCalibration, auroc, expected_calibration_error, extreme_concepts, fit_reliability,
                            labels_in_model_order, location_scores, maps_on_input, ood_reference)
 from .ood_proxies import KINDS, proxy_images
 from .paths import DEMO_BUNDLE, load_demo_features

@@ -313,7 +313,7 @@ def explanation_report(pipeline, images, *, intervention: Intervention | None = 
     several images, a gallery first, flagging images whose prediction leans on a concept in
     ``spurious`` (one of the three largest contributions, pushing for the predicted class).
 
-    reliability: per image, how far to believe its explanation (``cbm_core.reliability``): whether the
+    reliability: per image, how far to believe its explanation (``cbm_core.explain.reliability``): whether the
     image is like the data the model was made with, and for each concept shown whether it is probably
     there and whether its heat map sits on its evidence (one extra forward pass per image).
     reliability_model: the model whose stored presence calibration and out-of-distribution reference
@@ -338,7 +338,7 @@ def explanation_report(pipeline, images, *, intervention: Intervention | None = 
     trust_model = _trust_model(model, reliability_model) if reliability else None
     ood = {}
     if trust_model is not None:
-        from ..reliability import ood_check
+        from ..explain.reliability import ood_check
 
         embeddings = torch.stack([i.encoded.embedding.reshape(-1).float() for i in items])
         ood = dict(enumerate(ood_check(trust_model, embeddings, exp.scores)))
@@ -596,7 +596,7 @@ def _trust_block(pipeline, trust_model, item, exp, n, directions, shown, maps, m
     the concepts the explanation leans on, is each probably there and does its heat map sit on it."""
     import pandas as pd
 
-    from .. import reliability as rel
+    from ..explain import reliability as rel
 
     locations = {}
     if maps is not None and shown:
@@ -640,7 +640,7 @@ def _trust_block(pipeline, trust_model, item, exp, n, directions, shown, maps, m
 
 def _fitted_on(model) -> str:
     """What the out-of-distribution reference was fitted on, in words."""
-    from .. import reliability as rel
+    from ..explain import reliability as rel
 
     ref = rel.ood_reference(model)
     if ref is None:
@@ -806,8 +806,8 @@ def _model_card_body(model, figs, evaluation, evaluation_name, comparison, base,
 
 
 def _audit_section(model) -> str:
-    """The stored concept audit (``cbm_core.audit``), check by check in its own sentences; '' when none."""
-    from ..audit import stored_audit
+    """The stored concept audit (``cbm_core.explain.audit``), check by check in its own sentences; '' when none."""
+    from ..explain.audit import stored_audit
 
     audit = stored_audit(model)
     if audit is None:

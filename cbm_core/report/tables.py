@@ -111,7 +111,7 @@ def recipe_table(model) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["setting", "value", "what it means"])
 
 
-# Stored in ``metrics`` but not measures of the model: fitted reliability data (``cbm_core.reliability``).
+# Stored in ``metrics`` but not measures of the model: fitted reliability data (``cbm_core.explain.reliability``).
 _NOT_MEASURES = {"concept_presence", "ood_reference", "name_stability", "concept_audit", "concept_pointing"}
 
 

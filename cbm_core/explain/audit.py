@@ -39,7 +39,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from .model import ConceptBottleneckModel
+from ..model import ConceptBottleneckModel
 
 AUDIT_KEY = "concept_audit"
 BYPASS_MARGIN = 0.10  # accuracy above chance with every concept absent that counts as a bypass
@@ -178,7 +178,7 @@ def _at_nec(fit_scores: torch.Tensor, fit_labels: torch.Tensor, test_scores: tor
             max_iter: int = 500) -> tuple[float | None, float | None]:
     """Test accuracy (and NEC) of an elastic-net head on raw scores, at the path point with the best
     accuracy on a held-out quarter of the fitting data among those with NEC <= ``nec``."""
-    from .recipes.elastic_net import head_accuracy, regularization_path
+    from ..recipes.elastic_net import head_accuracy, regularization_path
 
     g = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(fit_scores), generator=g)
@@ -224,9 +224,9 @@ def concept_audit(model: ConceptBottleneckModel, fit_on, test_on, *, backbone=No
     ``fit_on``, everything is measured on ``test_on``). ``backbone``: for the shuffled-names control
     (text-cosine layers). ``test_concept_labels``: (N, K) in the model's concept order, NaN unknown.
     ``controls=False`` skips the matched-NEC refits (the slow part: three regularisation paths)."""
-    from .concept_layer import TextCosine
+    from ..concept_layer import TextCosine
     from .reliability import auroc, presence_calibration
-    from .tti import answer_values
+    from ..tti import answer_values
 
     X, y = test_on.embeddings, torch.as_tensor(test_on.labels)
     C = len(model.classes)

@@ -20,7 +20,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import torch
 
-from .model import ConceptBottleneckModel
+from ..model import ConceptBottleneckModel
 
 TOP_K = 5
 
@@ -164,8 +164,8 @@ def pointing_game(pipe, items: Iterable[tuple[str, object, dict]], method: str =
     ``max_side``; points count within ``tolerance`` image pixels (default ``default_tolerance``)."""
     import pandas as pd
 
-    from .errors import ImageError
-    from .overlay import seen_region
+    from ..errors import ImageError
+    from ..overlay import seen_region
 
     known = set(pipe.model.concepts.names)
     hits: dict[str, list[bool]] = {}

@@ -28,9 +28,9 @@ from typing import Sequence
 
 import torch
 
-from .concept_layer import TextCosine
-from .errors import CBMError
-from .model import ConceptBottleneckModel
+from ..concept_layer import TextCosine
+from ..errors import CBMError
+from ..model import ConceptBottleneckModel
 
 GENERIC = ("a photo of {}.", "an image showing {}.")
 FRAGILE_BELOW = 0.90
@@ -147,7 +147,7 @@ def name_stability(model: ConceptBottleneckModel, backbone, embeddings: torch.Te
 
 
 def with_name_stability(model: ConceptBottleneckModel, stability: NameStability) -> ConceptBottleneckModel:
-    """A new model whose ``metrics`` carry ``stability`` (read by ``cbm_core.reliability``)."""
+    """A new model whose ``metrics`` carry ``stability`` (read by ``cbm_core.explain.reliability``)."""
     from .reliability import NAMES_KEY
 
     return model.with_changes(metrics={**model.metrics, NAMES_KEY: stability.to_json()})

@@ -43,11 +43,11 @@ from typing import Sequence
 
 import torch
 
-from .model import ConceptBottleneckModel, ConceptStats, Explanation
+from ..model import ConceptBottleneckModel, ConceptStats, Explanation
 
 PRESENCE_KEY = "concept_presence"
 OOD_KEY = "ood_reference"
-NAMES_KEY = "name_stability"  # written by cbm_core.paraphrase; read here for the flags
+NAMES_KEY = "name_stability"  # written by cbm_core.explain.paraphrase; read here for the flags
 FORMAT = 1
 
 # Verdicts of the out-of-distribution check, least to most severe.
@@ -172,14 +172,14 @@ def _mixture_probability(x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
 
 def auroc(scores: torch.Tensor, labels: torch.Tensor) -> float | None:
     """Area under the ROC curve of (n,) scores for 0/1 labels, ties counted half; None with one class."""
-    from .recipes.supervised import auroc as _auroc
+    from ..recipes.supervised import auroc as _auroc
 
     return _auroc(scores, labels)
 
 
 def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> float | None:
     """ECE of binary probabilities against 0/1 labels (NaN labels ignored), 15 equal-width bins."""
-    from .recipes.supervised import expected_calibration_error as _ece
+    from ..recipes.supervised import expected_calibration_error as _ece
 
     return _ece(probs, labels, n_bins)
 
@@ -569,7 +569,7 @@ class LocationScore:
 def input_maps(pipe, encoded, concepts: Sequence[str], method: str = "dense") -> torch.Tensor:
     """Concept maps of one encoded image on the model's input pixels (K, H, W) — before any undoing of
     the resize and crop — the same maps ``Pipeline.saliency`` aligns to the picture."""
-    from .saliency import interpolate
+    from ..saliency import interpolate
 
     maps = pipe.concept_maps(encoded, method, concepts)
     return interpolate(maps.maps, tuple(encoded.pixels.shape[-2:]))[0]
@@ -594,8 +594,8 @@ def maps_on_input(aligned: torch.Tensor, image_size: tuple[int, int], resize_mod
     """Undo ``SaliencyMaps.to_image``: maps aligned to a picture of ``image_size`` (W, H), drawn at any
     size, (K, h, w) -> the same maps on the model's input pixels (K, H_in, W_in), so that location
     scores reuse the maps a page already drew instead of computing them again."""
-    from .overlay import seen_region
-    from .saliency import interpolate
+    from ..overlay import seen_region
+    from ..saliency import interpolate
 
     K, h, w = aligned.shape
     left, top, width, height = seen_region(image_size, resize_mode, (w, h))
@@ -721,7 +721,7 @@ class ConceptReliability:
 
 def name_stability(model: ConceptBottleneckModel) -> tuple[tuple[float | None, ...], tuple[bool | None, ...]]:
     """Per concept: the stored lowest paraphrase correlation and whether the name is fragile
-    (``cbm_core.paraphrase``), or None where not measured."""
+    (``cbm_core.explain.paraphrase``), or None where not measured."""
     K = model.n_concepts
     data = stored(model, NAMES_KEY)
     if not isinstance(data, dict) or data.get("concepts_sha1") != concepts_digest(model.concepts.names):
