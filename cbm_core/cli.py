@@ -504,7 +504,7 @@ def cmd_report(args) -> None:
     if args.images:
         pipe = _load_pipeline(args)  # asks for --trust-backbone where the bundle's backbone needs it
         model = pipe.model
-        if args.saliency not in pipe.map_methods():  # before the slow steps (explanation_report checks it too)
+        if args.saliency is not None and args.saliency not in pipe.map_methods():  # before the slow steps (explanation_report checks it too)
             raise CBMError(f"--saliency {args.saliency}: this model's {pipe.backbone.kind} tower offers "
                            f"{', '.join(pipe.map_methods())}.")
     else:
@@ -750,8 +750,9 @@ def build_parser(recipe_name: str = "pcbm") -> argparse.ArgumentParser:
                                                         "every image; the report shows its effect")
     r.add_argument("--counterfactual", default=None, metavar="CLASS",
                    help="show the fewest concept changes that make this class win (default: the runner-up)")
-    r.add_argument("--saliency", default="dense", choices=list(MAP_METHODS),
-                   help="how the heat maps are computed (default dense; gradcam-fine needs a ResNet tower)")
+    r.add_argument("--saliency", default=None, choices=list(MAP_METHODS),
+                   help="how the heat maps are computed (default: the tower's, gradcam-fine on a ResNet and dense "
+                        "on a ViT; gradcam-fine needs a ResNet tower)")
     r.add_argument("--title", default=None, help="the report's title")
     common(r)
     r.set_defaults(func=cmd_report)

@@ -85,9 +85,9 @@ i = names.index(current)
 enc = encoded[current]
 directions = concept_directions(exp_all, i)  # the predicted class's contributions, each with its direction
 default_concepts = list(directions[directions.contribution > 0].concept[:3]) or list(directions.concept[:3])
-if st.session_state.get("sal_method", "dense") not in pipe.map_methods():  # a method the last bundle's tower had
-    st.session_state["sal_method"] = "dense"
-prefetch_maps(pipe, enc, st.session_state.get("sal_method", "dense"),
+if st.session_state.get("sal_method") not in pipe.map_methods():  # unset, or a method the last bundle's tower had
+    st.session_state["sal_method"] = pipe.default_map_method
+prefetch_maps(pipe, enc, st.session_state["sal_method"],
               st.session_state.get(f"sal_concepts_{current}", default_concepts), overlay_size(enc.size))
 
 # The true class, where it is known: set by hand in the detail view, else stated by the file name
@@ -237,7 +237,7 @@ def where() -> None:
 
 
 where()
-reliability_panel.explanation_section(pipe, exp_all, i, enc, st.session_state.get("sal_method", "dense"))
+reliability_panel.explanation_section(pipe, exp_all, i, enc, st.session_state["sal_method"])
 
 # Share: every image on this page in one self-contained report (made when a button is clicked).
 report_button.explanation_section(pipe, {name: images[name] for name in names}, key="inspect_report")

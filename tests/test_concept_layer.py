@@ -164,9 +164,12 @@ def test_pipeline_saliency_runs_for_every_kind(kind, tiny_vit):
         assert maps.shape == (2, 30, 40) and torch.isfinite(maps).all()
 
 
-def test_the_demo_bundle_is_format_1_and_still_loads():
+def test_the_demo_bundle_is_the_current_format_and_loads():
+    """(Version 1 bundles, which the demo shipped until 2026-12-01, load too: the test below.)"""
+    from cbm_core.bundle import FORMAT_VERSION
+
     manifest = json.loads((DEMO_BUNDLE / "manifest.json").read_text())
-    assert manifest["format_version"] == 1
+    assert manifest["format_version"] == FORMAT_VERSION
     model = load_bundle(DEMO_BUNDLE)
     assert model.concept_layer.kind == "text_cosine" and model.n_concepts == 26
 

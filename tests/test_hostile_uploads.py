@@ -45,12 +45,12 @@ def test_every_odd_upload_is_drawn_on_inspect_or_refused_with_its_reason():
         captions = " ".join(c.value for c in at.caption)
         if s.note:
             assert "only the first one is used" in captions or "NaN or infinite" in captions, s.name
-    # The finer Grad-CAM on the extreme geometries too (the demo's ResNet offers it).
-    at.radio(key="sal_method").set_value("gradcam-fine").run()
+    # Dense maps (the ResNet's default is the finer Grad-CAM) on the extreme geometries too.
+    at.radio(key="sal_method").set_value("dense").run()
     for s in [s for s in ACCEPTED if s.name.startswith("thin-")]:
         at.selectbox(key="inspect_current").set_value(s.name).run()
         assert not at.exception, (s.name, at.exception)
-        assert any("12 × 12 cells" in c.value for c in at.caption), s.name
+        assert any("3 × 3 cells" in c.value for c in at.caption), s.name
 
 
 def test_intervene_draws_thin_deep_and_animated_images():

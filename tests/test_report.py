@@ -18,7 +18,7 @@ from cbm_core.report.export import explanation_report, model_card
 
 from conftest import make_model
 
-STORY = SAMPLES_DIR / "14_azure_diver_on_foliage.png"
+STORY = SAMPLES_DIR / "13_azure_diver_on_foliage.png"
 ON_WATER = SAMPLES_DIR / "01_azure_diver_on_water.png"
 BACKGROUNDS = ["water background", "land background", "foliage background"]
 
@@ -170,7 +170,7 @@ def test_a_report_lists_the_images_it_could_not_read_and_refuses_unknown_names(p
 
 def test_the_fine_gradcam_draws_the_reports_maps_on_the_demos_resnet(pipe):
     fine = Page(explanation_report(pipe, [STORY], saliency="gradcam-fine", reliability=False).to_html())
-    dense = Page(explanation_report(pipe, [STORY], reliability=False).to_html())
+    dense = Page(explanation_report(pipe, [STORY], saliency="dense", reliability=False).to_html())
     assert "Heat maps (Grad-CAM on a finer grid)" in fine.all_text and "Heat maps (dense concept maps)" in dense.all_text
 
     def maps(page):
@@ -196,7 +196,7 @@ def test_the_model_card_measures_each_edit_made_since_the_bundle_was_opened(card
     assert "plotly-chart" in page.classes and page.scripts == 2  # plotly.js inlined, then the figure
     assert f"{after.accuracy:.1%} accuracy" in page.all_text
     # The concepts with their provenance, the recipe with its hyper-parameters.
-    assert "the Toy Birds attribute list" in page.all_text and "lam 0.005" in page.all_text
+    assert "the Toy Birds attribute list" in page.all_text and "lam 0.02" in page.all_text
 
 
 def test_a_saved_bundle_with_an_edit_log_shows_every_entry_with_what_was_recorded(tmp_path):

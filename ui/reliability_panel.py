@@ -146,7 +146,7 @@ def _show(frame: pd.DataFrame, key: str) -> None:
 
 
 @st.fragment
-def explanation_section(pipe, explanation, index: int, enc, method: str = "dense") -> None:
+def explanation_section(pipe, explanation, index: int, enc, method: str | None = None) -> None:
     """Below the maps: per concept, how far to believe it, and its atlas one click away (a fragment:
     opening an atlas re-runs this section only)."""
     st.subheader("How far to believe this explanation")
@@ -213,10 +213,11 @@ def _disk_reference(spec: str, device, precision, path: str, split: str | None):
     return feats, paths
 
 
-def atlas_view(pipe, concept: str, method: str = "dense", n: int = 5) -> None:
+def atlas_view(pipe, concept: str, method: str | None = None, n: int = 5) -> None:
     from cbm_core.explain.atlas import atlas_images, concept_atlas
 
     model = pipe.model
+    method = pipe.check_map_method(method)
     ref = reference(model)
     with st.container(border=True):
         head = st.columns([6, 1])
@@ -342,8 +343,8 @@ def location_section(pipe, model):
 
     found = _peek(model, "pointing") or stored_pointing(model)
     with st.expander("Location: do the maps land on the parts? (pointing game)", expanded=False):
-        if st.session_state.get("pointing_method", "dense") not in pipe.map_methods():
-            st.session_state["pointing_method"] = "dense"
+        if st.session_state.get("pointing_method") not in pipe.map_methods():
+            st.session_state["pointing_method"] = pipe.default_map_method
         method = st.radio("Map", pipe.map_methods(), horizontal=True, key="pointing_method")
         if common.is_toy_birds(model):
             n = 30

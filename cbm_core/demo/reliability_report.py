@@ -12,7 +12,7 @@ the validation split, measured on the test split):
 - out of distribution: the AUROC of several signals for telling test birds from each proxy of a
   foreign image (``ood_proxies``) and from the shifted Toy Birds domain; the one chosen (Mahalanobis)
   with its flag rates at the 95th / 99th validation percentile;
-- location: the pointing game of dense maps through the pipeline, and whether the location score
+- location: the pointing game of the default maps through the pipeline, and whether the location score
   (deleting the map's brightest 10 % against the same area elsewhere) tells maps that hit their part
   from maps that miss (AUROC);
 - existence (the paper's metric) and the bypass / leakage audit; the paraphrase check (PCBM).
@@ -95,12 +95,13 @@ def presence_measurements(model, val, test) -> dict:
             "existence_top5": existence_rate(model, test.embeddings, y_test), "per_concept": per}
 
 
-def location_measurements(pipe, n_birds: int, method: str = "dense") -> dict:
+def location_measurements(pipe, n_birds: int, method: str | None = None) -> dict:
     """Pointing game per concept through the pipeline, and how well the location score predicts a hit.
     The location score reads the very maps the pointing game reads (as the Inspect page does: the
     aligned maps, taken back to the model's input by ``maps_on_input``)."""
     from .world import CONCEPT_PART
 
+    method = pipe.check_map_method(method)
     game = pointing_game(pipe, part_annotations(n_birds), method)
     rows = []
     for name, png, parts in part_annotations(n_birds):
@@ -261,14 +262,14 @@ def write_docs(result: dict) -> Path:
                  f"with AUROC {loc['auroc_specificity_for_hit']:.3f} (concentration alone {loc['auroc_concentration_for_hit']:.3f}). "
                  "Pointing game by verdict: " + ", ".join(f"{v} {_num(d['pointing_game'], 2)} ({d['maps']} maps)"
                                                           for v, d in loc["by_verdict"].items()) + ".")
-    L += ["", "The pipeline's `dense` maps are drawn at the tower's own grid (3 × 3 on the demo tower; the enlarged-image "
-              "refinement was dropped because it pointed worse, docs/SALIENCY.md), so these pointing-game numbers belong "
-              "beside docs/SALIENCY.md's plain `dense` row (0.207 there).", "",
+    L += ["", f"The maps are the pipeline's default for the demo's ResNet tower, `{pcbm['location']['method']}` (Grad-CAM at "
+              "stage 2, a 12 × 12 grid; chosen by docs/SALIENCY.md's evaluation), so these pointing-game numbers belong "
+              "beside that page's `gradcam-l2` row.", "",
           "Reading: the maps' brightest region does carry evidence (deleting it lowers the score far more than deleting "
-              "the same area elsewhere), but on this demo tower that evidence is rarely the small part itself "
-              "(docs/SALIENCY.md): the location score is a weak predictor of a pointing-game hit, which is why the app "
-              "shows it as evidence, not as a verdict on the part.", "",
-          "Pointing game per part concept (dense maps through the pipeline, PCBM demo):", "",
+              "the same area elsewhere), but on this demo tower that evidence is often not the small part itself "
+              "(docs/SALIENCY.md); read the AUROC above for how well the location score predicts a pointing-game hit, "
+              "and the app shows it as evidence, not as a verdict on the part.", "",
+          f"Pointing game per part concept ({pcbm['location']['method']} maps through the pipeline, PCBM demo):", "",
           "| concept | maps | pointing game | chance |", "|---|---|---|---|"]
     for r in sorted(pcbm["location"]["per_concept"], key=lambda r: r["concept"]):
         L.append(f"| {r['concept']} | {r['n']} | {r['pointing_game']:.2f} | {r['chance']:.3f} |")

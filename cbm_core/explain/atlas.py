@@ -90,7 +90,7 @@ class AtlasImage:
     map: torch.Tensor
 
 
-def atlas_images(pipe, atlas: ConceptAtlas, image_for: Callable[[int], tuple[str, object]], method: str = "dense",
+def atlas_images(pipe, atlas: ConceptAtlas, image_for: Callable[[int], tuple[str, object]], method: str | None = None,
                  max_side: int = 160) -> tuple[list[AtlasImage], list[AtlasImage]]:
     """Decode, encode and map the atlas's images. ``image_for(index)`` returns ``(name, source)`` for a
     row of the ranked embeddings (a path, bytes or a PIL image). Images are drawn with their longest

@@ -155,18 +155,20 @@ class PointingResult:
         return list(bad.concept)
 
 
-def pointing_game(pipe, items: Iterable[tuple[str, object, dict]], method: str = "dense",
+def pointing_game(pipe, items: Iterable[tuple[str, object, dict]], method: str | None = None,
                   tolerance: float | None = None, max_side: int = 384,
                   progress: Callable[[int], None] | None = None) -> PointingResult:
     """The pointing game of ``pipe.model``'s maps: ``items`` yields ``(name, image source, {concept:
     Annotation})``; for every annotated concept the model has, is its map's maximum (inside the part of
     the picture the model saw) on the annotation? Maps are drawn with the longest side at most
-    ``max_side``; points count within ``tolerance`` image pixels (default ``default_tolerance``)."""
+    ``max_side``; points count within ``tolerance`` image pixels (default ``default_tolerance``). ``method``:
+    a saliency method the tower offers, None for its default."""
     import pandas as pd
 
     from ..errors import ImageError
     from ..overlay import seen_region
 
+    method = pipe.check_map_method(method)
     known = set(pipe.model.concepts.names)
     hits: dict[str, list[bool]] = {}
     chances: dict[str, list[float]] = {}

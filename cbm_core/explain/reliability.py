@@ -566,7 +566,7 @@ class LocationScore:
                 f"{-self.control_drop:+.2f}; {self.concentration:.0%} concentrated)")
 
 
-def input_maps(pipe, encoded, concepts: Sequence[str], method: str = "dense") -> torch.Tensor:
+def input_maps(pipe, encoded, concepts: Sequence[str], method: str | None = None) -> torch.Tensor:
     """Concept maps of one encoded image on the model's input pixels (K, H, W) — before any undoing of
     the resize and crop — the same maps ``Pipeline.saliency`` aligns to the picture."""
     from ..saliency import interpolate
@@ -611,7 +611,7 @@ def maps_on_input(aligned: torch.Tensor, image_size: tuple[int, int], resize_mod
 
 
 @torch.no_grad()
-def location_scores(pipe, encoded, concepts: Sequence[str], method: str = "dense", maps: torch.Tensor | None = None,
+def location_scores(pipe, encoded, concepts: Sequence[str], method: str | None = None, maps: torch.Tensor | None = None,
                     top_fraction: float = TOP_FRACTION) -> dict[str, LocationScore]:
     """``LocationScore`` of each concept's map in one encoded image (``Pipeline.encode``). ``maps``:
     (K, H, W) on the input pixels (``input_maps``), computed here when None. Costs one forward pass

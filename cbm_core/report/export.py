@@ -300,7 +300,7 @@ def _spurious_hits(directions, spurious: Sequence[str], top: int = 3) -> list:
 
 def explanation_report(pipeline, images, *, intervention: Intervention | None = None,
                        counterfactual: str | None = RUNNER_UP, spurious: Sequence[str] = (),
-                       saliency: str = "dense", maps: int = 3, reliability: bool = True, reliability_model=None,
+                       saliency: str | None = None, maps: int = 3, reliability: bool = True, reliability_model=None,
                        model_card_section: bool = False, evaluation=None, evaluation_name: str | None = None,
                        title: str | None = None, max_details: int = 12) -> Report:
     """A report on why ``pipeline``'s model predicts what it does for ``images``.
@@ -322,7 +322,7 @@ def explanation_report(pipeline, images, *, intervention: Intervention | None = 
     model_card_section: append the full model card (with ``evaluation`` data, if given).
     """
     model = pipeline.model
-    pipeline.check_map_method(saliency)
+    saliency = pipeline.check_map_method(saliency)
     spurious = _resolve_concepts(model, spurious, "concept")
     if intervention is not None:
         for concept in intervention.concepts:
