@@ -81,3 +81,21 @@ def test_the_vit_tower_exports_a_model_that_loads_with_a_12_by_12_grid(tmp_path)
     enc = bb.encode_images(pixels, with_spatial=True)
     assert enc.spatial.shape[-2:] == (12, 12)
     assert torch.isfinite(enc.embeddings).all()
+
+
+def test_the_resnet_tower_trains_at_another_input_size_and_refuses_one_its_grid_cannot_divide(tmp_path):
+    """A finer last grid for a ResNet means a larger input (its grid is 1/32 of it): the birds are rendered at
+    that size, and the exported model loads with the larger grid."""
+    import pytest
+
+    from cbm_core.backbone import load_backbone
+
+    out = tmp_path / "rn64"
+    main(["--out", str(out), "--image-size", "64", "--n-train", "32", "--n-val", "16", "--batch-size", "16",
+          "--epochs", "0.5", "--device", "cpu", "--threads", "1", "--recolour-pairs", "2"])
+    bb = load_backbone(f"local-dir:{out}", device="cpu")
+    assert tuple(bb.image_size) == (64, 64)
+    enc = bb.encode_images(torch.rand(1, 3, 64, 64), with_spatial=True)
+    assert enc.spatial.shape[-2:] == (2, 2)
+    with pytest.raises(SystemExit, match="multiple of 32"):
+        main(["--out", str(tmp_path / "x"), "--image-size", "100"])

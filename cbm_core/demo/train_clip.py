@@ -1,6 +1,6 @@
 """Train the Toy Birds vision-language model: a small open_clip CLIP, contrastively, on captioned birds.
 
-    python -m cbm_core.demo.train_clip --out assets/demo_clip            # ~25 min on 2 CPU cores
+    python -m cbm_core.demo.train_clip --out assets/demo_clip            # ~1 h on 2 CPU cores (resumable)
     python -m cbm_core.demo.train_clip --out /tmp/clip --device cuda      # minutes on a GPU
 
 open_clip's own ``CLIP`` class (a ModifiedResNet image tower, which learns part *shapes* where
@@ -11,8 +11,8 @@ saved as a ``local-dir`` folder (``open_clip_config.json`` + safetensors) that
 ``load_backbone("demo")`` loads like any other open_clip model.
 
 Towers whose colour evidence is *local* (issue 13's hypothesis: a species' part colours co-occur
-90 % of the time, so "red crown" can be read anywhere on a red bird) are trained with three knobs,
-all off by default so the shipped recipe is unchanged:
+90 % of the time, so "red crown" can be read anywhere on a red bird) are trained with three knobs;
+the shipped tower (since 2026-12-01) uses the defaults, 0.3 / 0.2 / 8 (docs/SALIENCY.md):
 
 - ``--decorrelate F``: a share F of the training birds draw crown, breast, wing and eye colours
   independently (full independence, F = 1, taught the tower no colours at all: FINDINGS.md);
@@ -26,7 +26,8 @@ limit) and continue from there with ``--resume``: a run can span sessions on a 2
     python -m cbm_core.demo.train_clip --out /tmp/local_clip --checkpoint runs/local_clip \
         --decorrelate 0.3 --part-captions 0.3 --recolour-pairs 16 --minutes 60          # then again with --resume
 
-``--tower vit-p8`` swaps the ResNet for a small ViT whose last grid is 12 x 12 (the issue's finer grid).
+``--tower vit-p8`` swaps the ResNet for a small ViT whose last grid is 12 x 12 (the issue's finer grid);
+``--image-size 192`` (or 384) gives the ResNet a 6 x 6 (12 x 12) last grid at 5x (33x) the step time.
 """
 from __future__ import annotations
 
@@ -237,7 +238,8 @@ def save_checkpoint(folder, step: int, model, opt, sched, rng: random.Random, hi
 
 def _resumable_options(args) -> dict:
     """The options a resumed run must share with the run it continues (time limits may differ)."""
-    keys = ("n_train", "epochs", "batch_size", "lr", "seed", "decorrelate", "part_captions", "recolour_pairs", "tower")
+    keys = ("n_train", "epochs", "batch_size", "lr", "seed", "decorrelate", "part_captions", "recolour_pairs", "tower",
+            "image_size")
     return {k: getattr(args, k) for k in keys}
 
 
@@ -253,6 +255,7 @@ def load_checkpoint(folder, args, model, opt, sched, rng: random.Random) -> tupl
     """Restore a run saved by ``save_checkpoint``; returns (next step, history, seconds trained)."""
     tensors, meta = read_checkpoint(folder)
     meta["options"].setdefault("tower", "resnet")  # checkpoints from before --tower
+    meta["options"].setdefault("image_size", IMAGE_SIZE)  # and from before --image-size
     if meta["options"] != _resumable_options(args):
         raise SystemExit(f"--resume: the checkpoint in {folder} was made with {meta['options']}, "
                          f"not {_resumable_options(args)}; pass the same options.")
@@ -291,7 +294,7 @@ def training_batch(train_birds, train_images, idx, args, rng: random.Random, tok
         twin, part = recoloured(bird, rng)
         captions[j] = part_caption(bird, part)
         captions.append(part_caption(twin, part))
-        extra_images.append(np.asarray(render(twin, IMAGE_SIZE)[0]))
+        extra_images.append(np.asarray(render(twin, args.image_size)[0]))
     if extra_images:
         images = np.concatenate([images, np.stack(extra_images)])
     x = to_pixels(images, mean, std)
@@ -312,6 +315,8 @@ def main(argv=None) -> None:
     ap.add_argument("--decorrelate", type=float, default=0.3, help="share of training birds with independent part colours")
     ap.add_argument("--part-captions", type=float, default=0.2, help="share of captions naming one coloured part alone")
     ap.add_argument("--recolour-pairs", type=int, default=8, help="birds per batch shown again with one part recoloured")
+    ap.add_argument("--image-size", type=int, default=IMAGE_SIZE,
+                    help="the tower's input in pixels, birds rendered at it (a ResNet's last grid is 1/32 of it)")
     ap.add_argument("--tower", choices=sorted(TOWERS), default="resnet",
                     help="image tower: the shipped ResNet (3 x 3 last grid) or a ViT with 8-px patches (12 x 12)")
     ap.add_argument("--n-val", type=int, default=800, help="validation birds for the zero-shot report")
@@ -321,6 +326,9 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     if args.resume and not (args.checkpoint and _checkpoint_path(args.checkpoint).is_file()):
         raise SystemExit("--resume needs --checkpoint FOLDER holding a checkpoint from an earlier run.")
+    stride = 32 if args.tower == "resnet" else 8  # the tower's downsampling: its last grid is image_size / stride
+    if args.image_size < stride or args.image_size % stride:
+        raise SystemExit(f"--image-size {args.image_size}: the {args.tower} tower needs a multiple of {stride} pixels.")
 
     import open_clip
     from open_clip.loss import ClipLoss
@@ -333,6 +341,7 @@ def main(argv=None) -> None:
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
     model_name, model_cfg = TOWERS[args.tower]
+    model_cfg = {**model_cfg, "vision_cfg": {**model_cfg["vision_cfg"], "image_size": args.image_size}}
     register_model_config(model_name, model_cfg)
     model = open_clip.create_model(model_name, output_dict=True).to(args.device)
     tokenizer = open_clip.get_tokenizer(model_name)
@@ -340,12 +349,12 @@ def main(argv=None) -> None:
 
     t0 = time.time()
     print(f"rendering {args.n_train} training birds ...", flush=True)
-    train_images = render_split("train", args.n_train, args.seed, IMAGE_SIZE, decorrelate=args.decorrelate)
+    train_images = render_split("train", args.n_train, args.seed, args.image_size, decorrelate=args.decorrelate)
     train_birds = [training_bird(args.seed, i, args.decorrelate) for i in range(args.n_train)]
     by_pair: dict[int, list[int]] = {}
     for i, b in enumerate(train_birds):  # species s and s + 4 are twins
         by_pair.setdefault(b.species % 4, []).append(i)
-    val_birds, val_images = generate("val", args.n_val, args.seed, IMAGE_SIZE)
+    val_birds, val_images = generate("val", args.n_val, args.seed, args.image_size)
     val_pixels = to_pixels(val_images, mean, std)
     print(f"rendered in {time.time() - t0:.0f}s", flush=True)
 
