@@ -504,7 +504,7 @@ def cmd_report(args) -> None:
     if args.images:
         pipe = _load_pipeline(args)  # asks for --trust-backbone where the bundle's backbone needs it
         model = pipe.model
-        if args.saliency is not None and args.saliency not in pipe.map_methods():  # before the slow steps (explanation_report checks it too)
+        if args.saliency not in (None, *pipe.map_methods()):  # before the slow steps (the report checks it too)
             raise CBMError(f"--saliency {args.saliency}: this model's {pipe.backbone.kind} tower offers "
                            f"{', '.join(pipe.map_methods())}.")
     else:

@@ -313,6 +313,7 @@ def explanation_report(pipeline, images, *, intervention: Intervention | None = 
     several images, a gallery first, flagging images whose prediction leans on a concept in
     ``spurious`` (one of the three largest contributions, pushing for the predicted class).
 
+    saliency: a map method the tower offers (``Pipeline.map_methods``), None for its default.
     reliability: per image, how far to believe its explanation (``cbm_core.explain.reliability``): whether the
     image is like the data the model was made with, and for each concept shown whether it is probably
     there and whether its heat map sits on its evidence (one extra forward pass per image).
