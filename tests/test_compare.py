@@ -66,3 +66,13 @@ def test_truncating_a_head_keeps_at_most_n_concepts_per_class():
     assert model.sparsity()["nec"] > 2
     cut = with_head_at_nec(model, train, 2)
     assert ((cut.weight != 0).sum(1) <= 2).all() and cut.concept_layer is model.concept_layer
+
+
+def test_the_best_label_free_recipe_is_never_one_that_needs_concept_labels():
+    from cbm_core.demo.compare_recipes import best_label_free
+
+    row = lambda name, acc, baseline=False: {"recipe": name, "baseline": baseline, "at_nec": {"accuracy": acc}}  # noqa: E731
+    rows = [row("supervised", 0.95), row("pcbm", 0.91), row("lf-cbm", 0.90), row("linear-probe", 0.99, True),
+            {**row("labo", 0.99), "error": "failed"}]
+    assert best_label_free(rows)["recipe"] == "pcbm"
+    assert best_label_free([row("supervised", 0.95)]) is None

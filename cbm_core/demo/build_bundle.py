@@ -80,6 +80,15 @@ def build(lam: float, seed: int = 0, out: Path = DEMO_BUNDLE, spec: str = "demo"
     return report
 
 
+def _on_own_background(bird) -> bool:
+    return (bird.background == "water") == (SPECIES[bird.species].group == "waterbird")
+
+
+def _typical(bird) -> bool:
+    """Every attribute the species' typical one."""
+    return all(bird.attributes[a] == v for a, v in SPECIES[bird.species].typical.items())
+
+
 def write_samples(seed: int = 0, model=None, test_split=None) -> list[Path]:
     """About a dozen test-split birds: each species on its own background, plus counter-spurious ones. With
     the bundle and the encoded test split, only birds it reads right: the shortcut has its own samples
@@ -96,9 +105,7 @@ def write_samples(seed: int = 0, model=None, test_split=None) -> list[Path]:
         while True:
             bird = sample_bird(seed, i, "test")
             i += 1
-            own = (bird.background == "water") == (SPECIES[bird.species].group == "waterbird")
-            if bird.species == sp_idx and own == (which == "own") and all(
-                    bird.attributes[a] == v for a, v in SPECIES[sp_idx].typical.items()) and (
+            if bird.species == sp_idx and _on_own_background(bird) == (which == "own") and _typical(bird) and (
                     pred is None or int(pred[i - 1]) == bird.species):
                 break
         name = f"{len(written) + 1:02d}_{bird.species_name.replace(' ', '_')}_on_{bird.background}.png"
@@ -119,12 +126,10 @@ def write_shortcut_samples(model, test_split, seed: int = 0, count: int = 2) -> 
         old.unlink()
     shown = {p.stem.split("_", 1)[1] for p in SAMPLES_DIR.glob("*.png")}
     birds = [(i, sample_bird(seed, i, "test")) for i in range(len(y))]
-    shortcut = [(i, bird) for i, bird in birds
-                if (bird.background == "water") != (SPECIES[bird.species].group == "waterbird")
+    shortcut = [bird for i, bird in birds if not _on_own_background(bird)
                 and int(pred[i]) == (bird.species + 4) % 8 and int(y[i]) == bird.species == int(fixed[i])]
-    typical = [(i, b) for i, b in shortcut if all(b.attributes[a] == v for a, v in SPECIES[b.species].typical.items())]
     written = []
-    for i, bird in typical + [ib for ib in shortcut if ib not in typical]:
+    for bird in sorted(shortcut, key=lambda b: not _typical(b)):  # typical birds first (a stable sort)
         label = f"{bird.species_name.replace(' ', '_')}_on_{bird.background}"
         if label in shown:
             continue

@@ -76,6 +76,14 @@ def _pct(x) -> str:
     return "–" if x is None or x != x else f"{100 * x:.1f}"
 
 
+def best_label_free(rows: list[dict]) -> dict | None:
+    """The most accurate recipe at the matched NEC among those that need no concept labels (so not the
+    concept-supervised CBM), or None."""
+    label_free = [r for r in rows if not r["baseline"] and not r.get("error")
+                  and "concept_labels" not in get_recipe(r["recipe"]).needs]
+    return max(label_free, key=lambda r: r["at_nec"]["accuracy"], default=None)
+
+
 def write_markdown(report: dict, path: Path) -> None:
     rows = report["comparison"]["rows"]
     nec = report["nec"]
@@ -126,9 +134,7 @@ def write_markdown(report: dict, path: Path) -> None:
         if pts:
             lines.append(f"- **{r['recipe']}**: " + ", ".join(f"NEC {p['nec']:.1f} → {_pct(p['val_accuracy'])} %" for p in pts))
     lines += ["", "## Targets (issue 11)", ""]
-    label_free = [r for r in rows if not r["baseline"] and not r.get("error")
-                  and "concept_labels" not in get_recipe(r["recipe"]).needs]  # not the concept-supervised CBM
-    best = max(label_free, key=lambda r: r["at_nec"]["accuracy"], default=None)
+    best = best_label_free(rows)
     if random_acc is not None:
         worst_gap = min((r["at_nec"]["accuracy"] - random_acc for r in rows if not r["baseline"] and not r.get("error")),
                         default=float("nan"))

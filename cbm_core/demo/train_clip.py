@@ -326,7 +326,7 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     if args.resume and not (args.checkpoint and _checkpoint_path(args.checkpoint).is_file()):
         raise SystemExit("--resume needs --checkpoint FOLDER holding a checkpoint from an earlier run.")
-    stride = 32 if args.tower == "resnet" else 8  # the tower's downsampling: its last grid is image_size / stride
+    stride = TOWERS[args.tower][1]["vision_cfg"].get("patch_size", 32)  # a ViT's patch, a ModifiedResNet's 32x
     if args.image_size < stride or args.image_size % stride:
         raise SystemExit(f"--image-size {args.image_size}: the {args.tower} tower needs a multiple of {stride} pixels.")
 
