@@ -36,7 +36,7 @@ from .build import BuildResult, build_cbm
 from .comparison import Comparison, compare_recipes
 from .concept_layer import ConceptLayer, LinearProjection, SparseAutoencoderEncoder, TextCosine
 from .recipes import Param, Recipe, RecipeInputs, get_recipe, list_recipes, register_recipe
-from .saliency import DenseConceptMaps, GradCAM, Occlusion, SaliencyMaps, class_maps
+from .saliency import DenseConceptMaps, GradCAM, LayerCAM, Occlusion, SaliencyMaps, class_maps
 from .recipes.supervised import SupervisedCBM
 from .tti import (InterventionCurve, Question, TTIError, answers_intervention, apply_answer, intervention_curve,
                   next_question)
@@ -53,7 +53,7 @@ __all__ = [
     "Recipe", "RecipeInputs", "Param", "get_recipe", "list_recipes", "register_recipe",
     "ConceptLayer", "TextCosine", "LinearProjection", "SparseAutoencoderEncoder",
     "compare_recipes", "Comparison",
-    "DenseConceptMaps", "GradCAM", "Occlusion", "SaliencyMaps", "class_maps",
+    "DenseConceptMaps", "GradCAM", "LayerCAM", "Occlusion", "SaliencyMaps", "class_maps",
     "ConceptBottleneckModel", "ConceptStats", "Explanation",
     "Intervention", "ConceptChange", "HeadSlice", "Counterfactual", "counterfactual",
     "EditResult", "prune_concepts", "set_weight", "replay", "adapt_concepts",

@@ -10,6 +10,7 @@ One small class per method, one verb, captum-style: ``attribute(...) -> Saliency
   that all concepts share at a position (CLIP Surgery-style).
 - ``GradCAM``: gradients of each concept's score at the last block's input (ViT, class token
   dropped) or a ResNet stage; K concepts in ONE batched backward pass (see ``attribute``).
+- ``LayerCAM``: the same gradients, kept per position rather than averaged: the fine-stage maps.
 - ``Occlusion``: a perturbation audit for one concept — the score drop when a patch is greyed
   out, every patch position in batched forwards.
 
@@ -219,11 +220,17 @@ class GradCAM:
             # basis vectors combined afterwards. (For a cosine layer, d s_k / de = (v_k - s_k ê) / |e|.)
             out_grads = _score_jacobian(layer, emb.detach()[0])  # (K, D)
             basis = out_grads if K <= D else torch.eye(D, device=bb.device)
-            weights = self._channel_weights(self._vjps(act, emb, basis))  # (B, C)
-            if K > D:
-                weights = out_grads @ weights
-            out.append(self._cam(act.detach()[0].float(), weights).cpu())
+            grads = self._vjps(act, emb, basis)  # (B, *act.shape[1:])
+            out.append(self._maps(act.detach()[0].float(), grads, out_grads if K > D else None).cpu())
         return SaliencyMaps(torch.stack(out), bb.image_size, self.method, bb.resize_mode)
+
+    def _maps(self, act: torch.Tensor, grads: torch.Tensor, combine: torch.Tensor | None) -> torch.Tensor:
+        """One image's (K, h, w) maps from its activation and the batched gradients; ``combine`` (K, D)
+        turns gradients of the D embedding dimensions into the K concepts' (None: already per concept)."""
+        weights = self._channel_weights(grads)  # (B, C)
+        if combine is not None:
+            weights = combine @ weights
+        return self._cam(act, weights)
 
     def _vjps(self, act: torch.Tensor, emb: torch.Tensor, cotangents: torch.Tensor) -> torch.Tensor:
         """(B, *act.shape[1:]): the gradient of ``cotangents[b] . emb`` with respect to ``act``."""
@@ -249,6 +256,31 @@ class GradCAM:
             side = int(round(cam.shape[1] ** 0.5))
             return cam.reshape(-1, side, side)
         return F.relu(torch.einsum("kc,chw->khw", weights, act))  # act: (C, h, w)
+
+
+class LayerCAM(GradCAM):
+    """LayerCAM (Jiang et al., 2021): each position's activations weighted by that position's own
+    positive gradients, ``relu(sum_c relu(dS/dA_c) * A_c)``, rather than by the spatial mean that
+    Grad-CAM takes. That keeps the gradients' location, so a map from an early, fine stage shows
+    where the evidence is, not only which channels carry it. Same stages and cost as ``GradCAM``."""
+
+    method = "layercam"
+
+    def _maps(self, act: torch.Tensor, grads: torch.Tensor, combine: torch.Tensor | None) -> torch.Tensor:
+        if combine is None:
+            return self._cam_from_grads(act, grads)
+        # Per-concept gradients are linear in the embedding's; combined a block of concepts at a time
+        # so that memory stays bounded for thousands of concepts on a large tower.
+        return torch.cat([self._cam_from_grads(act, torch.einsum("kd,d...->k...", block, grads))
+                          for block in combine.split(128)])
+
+    def _cam_from_grads(self, act: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+        weighted = F.relu(grads.float()) * act[None]
+        if self.backbone.kind == "vit":  # grads: (K, L, C); the class token is left out
+            cam = F.relu(weighted[:, 1:].sum(-1))
+            side = int(round(cam.shape[1] ** 0.5))
+            return cam.reshape(-1, side, side)
+        return F.relu(weighted.sum(1))  # (K, C, h, w) -> (K, h, w)
 
 
 def _score_jacobian(layer: ConceptLayer, embedding: torch.Tensor) -> torch.Tensor:

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cbm_core.saliency import DenseConceptMaps, GradCAM, Occlusion, SaliencyMaps, class_maps
+from cbm_core.saliency import DenseConceptMaps, GradCAM, LayerCAM, Occlusion, SaliencyMaps, class_maps
 
 
 @pytest.fixture
@@ -83,6 +83,34 @@ def test_batched_gradcam_equals_the_per_concept_loop(fixture, layer, k, request)
     looped = torch.stack([plain_gradcam(cam, pixels, vectors[j]) for j in range(k)])[None]
     torch.testing.assert_close(batched, looped, atol=1e-5, rtol=1e-4)
     assert batched.shape[:2] == (1, k) and (batched >= 0).all() and batched.amax() > 0
+
+
+def plain_layercam(cam: LayerCAM, pixels: torch.Tensor, vector: torch.Tensor) -> torch.Tensor:
+    """Textbook LayerCAM of one concept's cosine score: relu(sum_c relu(grad_c) * act_c), (h, w)."""
+    act = cam._trunk(pixels).detach().requires_grad_(True)
+    score = F.cosine_similarity(cam._tail(act).float(), vector[None]).sum()
+    (grad,) = torch.autograd.grad(score, act)
+    if cam.backbone.kind == "vit":
+        heat = F.relu((F.relu(grad[0, 1:]) * act[0, 1:].detach()).sum(-1))
+        side = int(round(heat.numel() ** 0.5))
+        return heat.reshape(side, side)
+    return F.relu((F.relu(grad[0]) * act[0].detach()).sum(0))
+
+
+@pytest.mark.parametrize("fixture,layer", [("tiny_vit", None), ("tiny_rn", 1)])
+@pytest.mark.parametrize("k", [6, 40])  # fewer and more concepts than the embedding's 32 dimensions
+def test_batched_layercam_equals_the_per_concept_loop(fixture, layer, k, request):
+    bb = request.getfixturevalue(fixture)
+    torch.manual_seed(k)
+    pixels = torch.randn(1, 3, *bb.image_size)
+    vectors = F.normalize(torch.randn(k, bb.embed_dim), dim=1)
+    cam = LayerCAM(bb, layer=layer)
+    batched = cam.attribute(pixels, vectors)
+    looped = torch.stack([plain_layercam(cam, pixels, vectors[j]) for j in range(k)])[None]
+    torch.testing.assert_close(batched.maps, looped, atol=1e-5, rtol=1e-4)
+    assert batched.method == "layercam" and (batched.maps >= 0).all() and batched.maps.amax() > 0
+    if layer == 1:  # stage 1 of a ResNet: 8x the last stage's grid
+        assert batched.maps.shape[-1] == 8 * GradCAM(bb).attribute(pixels, vectors[:1]).maps.shape[-1]
 
 
 def test_gradcam_at_an_earlier_resnet_stage_has_a_finer_grid(tiny_rn):
