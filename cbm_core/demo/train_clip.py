@@ -1,7 +1,7 @@
 """Train the Toy Birds vision-language model: a small open_clip CLIP, contrastively, on captioned birds.
 
-    python -m cbm_core.demo.train_clip --out assets/demo_clip            # ~1 h on 2 CPU cores (resumable)
-    python -m cbm_core.demo.train_clip --out /tmp/clip --device cuda      # minutes on a GPU
+    python -m cbm_core.demo.train_clip --out runs/base_tower            # ~1 h on 2 CPU cores (resumable)
+    python -m cbm_core.demo.train_clip --out /tmp/clip --device cuda     # minutes on a GPU
 
 open_clip's own ``CLIP`` class (a ModifiedResNet image tower, which learns part *shapes* where
 a small ViT did not) and its ``ClipLoss``. Captions name random subsets of a bird's attributes,
@@ -12,13 +12,24 @@ saved as a ``local-dir`` folder (``open_clip_config.json`` + safetensors) that
 
 Towers whose colour evidence is *local* (issue 13's hypothesis: a species' part colours co-occur
 90 % of the time, so "red crown" can be read anywhere on a red bird) are trained with three knobs;
-the shipped tower (since 2026-12-01) uses the defaults, 0.3 / 0.2 / 8 (docs/SALIENCY.md):
+the base of the shipped tower (trained 2026-12-01) uses the defaults, 0.3 / 0.2 / 8 (docs/SALIENCY.md):
 
 - ``--decorrelate F``: a share F of the training birds draw crown, breast, wing and eye colours
   independently (full independence, F = 1, taught the tower no colours at all: FINDINGS.md);
 - ``--part-captions F``: a share F of the captions name one coloured part alone ("a bird with red crown.");
 - ``--recolour-pairs N``: N birds of every batch also appear with one part recoloured (the same
   pixels elsewhere), each caption naming that part's colour: a hard negative only *where* tells apart.
+
+The shipped tower (since 2026-12-02) is that tower fine-tuned with a *part-grounding* loss, because the
+knobs above made colour evidence more local but not enough for a map to point at a crown, a beak or an eye:
+
+    python -m cbm_core.demo.train_clip --init runs/base_tower --ground 0.3 --epochs 8 --lr 2e-4 --out assets/demo_clip
+
+- ``--ground W``: each step also takes ``--ground-batch`` birds, one part concept each, and asks the
+  LayerCAM of that concept's score at ResNet stage ``--ground-stage`` (the app's default map, 24 x 24 at
+  96 px) to put its mass on the part's pixels (``grounding_loss``): the tower is taught *where* each
+  concept is, as a spatial prior does for CBMs on CUB. The CBM built on it is trained as before.
+- ``--init DIR``: start from a saved tower (a fine-tune), recorded with its own training record.
 
 Long runs checkpoint (``--checkpoint DIR``, every ``--checkpoint-every`` steps and at the time
 limit) and continue from there with ``--resume``: a run can span sessions on a 2-core machine.
@@ -44,7 +55,7 @@ import numpy as np
 import torch
 
 from .splits import CONCEPT_TEMPLATE, IMAGE_SIZE
-from .world import ATTRIBUTES, CONCEPTS, SPECIES_NAMES, generate, render, sample_bird
+from .world import ATTRIBUTES, CONCEPT_PART, CONCEPTS, SPECIES_NAMES, generate, render, sample_bird
 
 MODEL_NAME = "toybirds-rn"
 MODEL_CFG = {
@@ -146,18 +157,39 @@ def sample_batch(birds, by_pair: dict, batch_size: int, rng: random.Random) -> l
     return hard + rest
 
 
+# The parts the grounding loss points concepts at (``CONCEPT_PART``'s values), in a fixed order.
+GROUND_PARTS = tuple(dict.fromkeys(CONCEPT_PART.values()))
+
+
+def part_coverage(masks: dict, grid: int) -> np.ndarray:
+    """Each of ``GROUND_PARTS``' pixel masks as the share of every cell of a grid x grid map it
+    covers, in 1/255ths: (parts, grid, grid) uint8. Numpy only (it runs in forked workers)."""
+    size = next(iter(masks.values())).shape[0]
+    f = size // grid
+    stack = np.stack([masks[p] for p in GROUND_PARTS]).astype(np.float32)
+    cover = stack.reshape(len(GROUND_PARTS), grid, f, grid, f).mean(axis=(2, 4))
+    return np.round(cover * 255).astype(np.uint8)
+
+
 def _render_chunk(args):
-    split, start, stop, seed, size, decorrelate = args
-    from .world import render
-
+    split, start, stop, seed, size, decorrelate, grid = args
     bird = (lambda i: training_bird(seed, i, decorrelate)) if split == "train" else (lambda i: sample_bird(seed, i, split))
-    return np.stack([np.asarray(render(bird(i), size)[0]) for i in range(start, stop)])
+    images, covers = [], []
+    for i in range(start, stop):
+        img, masks = render(bird(i), size)
+        images.append(np.asarray(img))
+        if grid:
+            covers.append(part_coverage(masks, grid))
+    return np.stack(images), (np.stack(covers) if grid else None)
 
 
-def render_split(split: str, n: int, seed: int, size: int, workers: int = 2, decorrelate: float = 0.0) -> np.ndarray:
-    chunks = [(split, s, min(n, s + 500), seed, size, decorrelate) for s in range(0, n, 500)]
+def render_split(split: str, n: int, seed: int, size: int, workers: int = 2, decorrelate: float = 0.0,
+                 grid: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
+    """(images (n, size, size, 3), and with ``grid`` each part's ``part_coverage`` (n, parts, grid, grid))."""
+    chunks = [(split, s, min(n, s + 500), seed, size, decorrelate, grid) for s in range(0, n, 500)]
     with Pool(workers) as pool:
-        return np.concatenate(pool.map(_render_chunk, chunks))
+        done = pool.map(_render_chunk, chunks)
+    return np.concatenate([d[0] for d in done]), (np.concatenate([d[1] for d in done]) if grid else None)
 
 
 def to_pixels(images: np.ndarray, mean, std) -> torch.Tensor:
@@ -239,7 +271,7 @@ def save_checkpoint(folder, step: int, model, opt, sched, rng: random.Random, hi
 def _resumable_options(args) -> dict:
     """The options a resumed run must share with the run it continues (time limits may differ)."""
     keys = ("n_train", "epochs", "batch_size", "lr", "seed", "decorrelate", "part_captions", "recolour_pairs", "tower",
-            "image_size")
+            "image_size", "init", "ground", "ground_stage", "ground_batch")
     return {k: getattr(args, k) for k in keys}
 
 
@@ -256,6 +288,8 @@ def load_checkpoint(folder, args, model, opt, sched, rng: random.Random) -> tupl
     tensors, meta = read_checkpoint(folder)
     meta["options"].setdefault("tower", "resnet")  # checkpoints from before --tower
     meta["options"].setdefault("image_size", IMAGE_SIZE)  # and from before --image-size
+    for key, value in (("init", None), ("ground", 0.0), ("ground_stage", 1), ("ground_batch", 32)):
+        meta["options"].setdefault(key, value)  # and from before grounding
     if meta["options"] != _resumable_options(args):
         raise SystemExit(f"--resume: the checkpoint in {folder} was made with {meta['options']}, "
                          f"not {_resumable_options(args)}; pass the same options.")
@@ -301,6 +335,57 @@ def training_batch(train_birds, train_images, idx, args, rng: random.Random, tok
     return (x.flip(-1) if flip else x), tokenizer(captions)  # birds face both ways; attributes do not change
 
 
+def grounding_loss(visual, pixels: torch.Tensor, cover: torch.Tensor, text: torch.Tensor, stage: int):
+    """The part-grounding term: where a concept's evidence lies, by the LayerCAM the app draws.
+
+    For each image, the concept's cosine score with its unit text vector (``text``, (B, D)) is
+    differentiated at the output of ResNet stage ``stage`` (keeping the graph, so the map itself is
+    trained); the map ``relu(sum_c relu(dS/dA_c) A_c)`` should put its mass on the concept's part,
+    ``cover`` (B, h, w) in [0, 1]. Returns (-log of the share on the part, averaged; that share)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    stages = (visual.layer1, visual.layer2, visual.layer3, visual.layer4)
+    act = visual.stem(pixels)
+    for block in stages[:stage]:
+        act = block(act)
+    x = act
+    for block in stages[stage:]:
+        x = block(x)
+    with sdpa_kernel(SDPBackend.MATH):  # the fused CPU attention kernel has no double backward
+        emb = visual.attnpool(x)
+    score = (torch.nn.functional.normalize(emb, dim=-1) * text).sum(-1)
+    (grad,) = torch.autograd.grad(score.sum(), act, create_graph=True)
+    cam = torch.relu((torch.relu(grad) * act).sum(1))
+    share = (cam * cover).flatten(1).sum(1) / (cam.flatten(1).sum(1) + 1e-8)
+    return -torch.log(share + 1e-4).mean(), share.detach().mean()
+
+
+def grounding_batch(cover: np.ndarray, holders: list[list[int]], batch: int, rng: random.Random):
+    """``batch`` (bird index, concept index, part index) triples: a part concept drawn uniformly,
+    then a training bird that shows it (so small, rarer parts get their share)."""
+    names = list(CONCEPT_PART)
+    picks = []
+    for _ in range(batch):
+        k = rng.randrange(len(names))
+        picks.append((rng.choice(holders[k]), k, GROUND_PARTS.index(CONCEPT_PART[names[k]])))
+    return picks
+
+
+def load_initial_weights(model, model_cfg: dict, folder) -> dict:
+    """Start from a saved tower (``export_local_dir``'s folder) of the same configuration; returns
+    its training record, kept with the new one's so the recipe stays traceable."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    config = json.loads((folder / "open_clip_config.json").read_text())["model_cfg"]
+    if config != model_cfg:
+        raise SystemExit(f"--init {folder}: its configuration {config} is not this run's {model_cfg}.")
+    state = load_file(str(folder / "open_clip_model.safetensors"))
+    model.load_state_dict({k: v.float() for k, v in state.items()})
+    record = folder / "training.json"
+    return json.loads(record.read_text()) if record.is_file() else {}
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="assets/demo_clip")
@@ -319,6 +404,12 @@ def main(argv=None) -> None:
                     help="the tower's input in pixels, birds rendered at it (a ResNet's last grid is 1/32 of it)")
     ap.add_argument("--tower", choices=sorted(TOWERS), default="resnet",
                     help="image tower: the shipped ResNet (3 x 3 last grid) or a ViT with 8-px patches (12 x 12)")
+    ap.add_argument("--init", default=None, help="start from this saved tower's weights (a fine-tune; same configuration)")
+    ap.add_argument("--ground", type=float, default=0.0,
+                    help="weight of the part-grounding loss: each part concept's LayerCAM should lie on its part")
+    ap.add_argument("--ground-stage", type=int, default=1, choices=(1, 2, 3, 4),
+                    help="the ResNet stage whose map is grounded (1: a 24 x 24 grid at 96 px)")
+    ap.add_argument("--ground-batch", type=int, default=32, help="birds per step for the grounding loss")
     ap.add_argument("--n-val", type=int, default=800, help="validation birds for the zero-shot report")
     ap.add_argument("--checkpoint", default=None, help="folder for checkpoints (every --checkpoint-every steps)")
     ap.add_argument("--checkpoint-every", type=int, default=100)
@@ -329,6 +420,9 @@ def main(argv=None) -> None:
     stride = TOWERS[args.tower][1]["vision_cfg"].get("patch_size", 32)  # a ViT's patch, a ModifiedResNet's 32x
     if args.image_size < stride or args.image_size % stride:
         raise SystemExit(f"--image-size {args.image_size}: the {args.tower} tower needs a multiple of {stride} pixels.")
+    if args.ground < 0 or (args.ground and args.tower != "resnet"):
+        raise SystemExit("--ground needs a weight >= 0 and the ResNet tower (its stages give the grounded map).")
+    ground_grid = args.image_size // (4 * 2 ** (args.ground_stage - 1)) if args.ground else 0  # stem 4x, then 2x a stage
 
     import open_clip
     from open_clip.loss import ClipLoss
@@ -346,11 +440,19 @@ def main(argv=None) -> None:
     model = open_clip.create_model(model_name, output_dict=True).to(args.device)
     tokenizer = open_clip.get_tokenizer(model_name)
     mean, std = model.visual.image_mean, model.visual.image_std
+    init_record = load_initial_weights(model, model_cfg, args.init) if args.init else None
+    if args.init:  # open_clip has just warned that it initialised the model randomly; it was, until now
+        print(f"starting from the weights in {args.init}", flush=True)
 
     t0 = time.time()
     print(f"rendering {args.n_train} training birds ...", flush=True)
-    train_images = render_split("train", args.n_train, args.seed, args.image_size, decorrelate=args.decorrelate)
+    train_images, train_cover = render_split("train", args.n_train, args.seed, args.image_size,
+                                             decorrelate=args.decorrelate, grid=ground_grid)
     train_birds = [training_bird(args.seed, i, args.decorrelate) for i in range(args.n_train)]
+    if args.ground:
+        labels = [b.concept_labels() for b in train_birds]
+        holders = [[i for i, lab in enumerate(labels) if lab[n]] for n in CONCEPT_PART]
+        part_tokens = tokenizer([CONCEPT_TEMPLATE.format(n) for n in CONCEPT_PART])
     by_pair: dict[int, list[int]] = {}
     for i, b in enumerate(train_birds):  # species s and s + 4 are twins
         by_pair.setdefault(b.species % 4, []).append(i)
@@ -376,13 +478,25 @@ def main(argv=None) -> None:
         x, text = training_batch(train_birds, train_images, idx, args, rng, tokenizer, mean, std)
         out = model(x.to(args.device), text.to(args.device))
         loss = loss_fn(out["image_features"], out["text_features"], out["logit_scale"])
+        postfix = {}
+        if args.ground:
+            picks = grounding_batch(train_cover, holders, args.ground_batch, rng)
+            gx = to_pixels(train_images[[i for i, _, _ in picks]], mean, std)
+            cover = torch.from_numpy(np.stack([train_cover[i, p] for i, _, p in picks])).float() / 255.0
+            if rng.random() < 0.5:
+                gx, cover = gx.flip(-1), cover.flip(-1)
+            text_vectors = model.encode_text(part_tokens.to(args.device), normalize=True)[[k for _, k, _ in picks]]
+            ground, share = grounding_loss(model.visual, gx.to(args.device), cover.to(args.device), text_vectors,
+                                           args.ground_stage)
+            loss = loss + args.ground * ground
+            postfix["on part"] = f"{share.item():.2f}"
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
-        bar.set_postfix(loss=f"{loss.item():.3f}")
+        bar.set_postfix(loss=f"{loss.item():.3f}", **postfix)
         if (step + 1) % 200 == 0 or step == steps - 1:
             rep = zero_shot_report(model, tokenizer, val_birds, val_pixels, args.device)
             history.append({"step": step + 1, "loss": loss.item(), **{k: rep[k] for k in ("mean_auroc", "min_auroc", "species_accuracy")}})
@@ -406,7 +520,10 @@ def main(argv=None) -> None:
         "model": model_name, "config": model_cfg, "seed": args.seed, "n_train": args.n_train,
         "steps_run": step + 1, "steps_planned": steps, "batch_size": args.batch_size, "lr": args.lr,
         "device": args.device, "decorrelate": args.decorrelate, "part_captions": args.part_captions,
-        "recolour_pairs": args.recolour_pairs, "train_seconds": round(trained + time.time() - start, 1),
+        "recolour_pairs": args.recolour_pairs, "ground": args.ground,
+        "ground_stage": args.ground_stage, "ground_batch": args.ground_batch, "init": args.init,
+        "init_training": init_record,
+        "train_seconds": round(trained + time.time() - start, 1),
         "history": history}, indent=2))
     print(f"saved {out_dir}", flush=True)
 
