@@ -751,8 +751,8 @@ def build_parser(recipe_name: str = "pcbm") -> argparse.ArgumentParser:
     r.add_argument("--counterfactual", default=None, metavar="CLASS",
                    help="show the fewest concept changes that make this class win (default: the runner-up)")
     r.add_argument("--saliency", default=None, choices=list(MAP_METHODS),
-                   help="how the heat maps are computed (default: the tower's, gradcam-fine on a ResNet and dense "
-                        "on a ViT; gradcam-fine needs a ResNet tower)")
+                   help="how the heat maps are computed (default: the tower's, layercam-fine on a ResNet and dense "
+                        "on a ViT; layercam-fine and gradcam-fine need a ResNet tower)")
     r.add_argument("--title", default=None, help="the report's title")
     common(r)
     r.set_defaults(func=cmd_report)

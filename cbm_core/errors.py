@@ -45,4 +45,4 @@ class RecipeError(CBMError, ValueError):
 
 
 class SaliencyError(CBMError, ValueError):
-    """A saliency method the model's image tower does not offer (e.g. ``gradcam-fine`` on a ViT)."""
+    """A saliency method the model's image tower does not offer (e.g. ``layercam-fine`` on a ViT)."""

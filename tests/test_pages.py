@@ -254,8 +254,8 @@ def test_the_gallery_marks_images_whose_known_class_was_missed():
     assert not at.exception, at.exception
     # Demo birds are named after their species: the story bird is missed, the one on water is not.
     marks = [m.value for m in at.markdown if "missed" in m.value or "correct" in m.value]
-    assert marks == ["**azure finch** · 45%  \n:red[:material/close: **missed**: the true class is azure diver]",
-                     "**azure diver** · 92% :green[· correct]"]
+    assert marks == ["**azure finch** · 56%  \n:red[:material/close: **missed**: the true class is azure diver]",
+                     "**azure diver** · 94% :green[· correct]"]
     # A class set by hand counts too: say the bird on water were a golden gull.
     at.selectbox(key="truth_azure diver on water").set_value("golden gull").run()
     cards = [m.value for m in at.markdown if m.value.startswith("**")]  # the gallery's cards, not the detail view
@@ -300,15 +300,15 @@ def test_a_model_built_here_is_evaluated_and_edited_on_the_data_it_was_built_on(
     assert {x.label: x.value for x in at.metric}["Accuracy"] == f"{table.iloc[0].after:.1%}"
 
 
-def test_inspect_opens_on_the_fine_gradcam_on_the_demo_and_says_its_grid():
-    """The demo's ResNet offers every method, the fine Grad-CAM first (its default): 12 x 12 maps at 96 px, and
-    the page says so; dense maps are 3 x 3."""
+def test_inspect_opens_on_the_fine_layercam_on_the_demo_and_says_its_grid():
+    """The demo's ResNet offers every method, LayerCAM at stage 1 first (its default): 24 x 24 maps at 96 px,
+    and the page says so; dense maps are 3 x 3."""
     at = page("inspect").run()
     assert not at.exception, at.exception
     method = widget(at.radio, "sal_method")
-    assert list(method.options) == ["gradcam-fine", "dense", "dense-surgery", "gradcam"]
-    assert method.value == "gradcam-fine"
-    assert any("12 × 12 cells" in c.value for c in at.caption)
+    assert list(method.options) == ["layercam-fine", "gradcam-fine", "dense", "dense-surgery", "gradcam"]
+    assert method.value == "layercam-fine"
+    assert any("24 × 24 cells" in c.value for c in at.caption)
     assert len(component_data(at, "saliency_maps")["maps"]) == 3
     method.set_value("dense").run()
     assert not at.exception, at.exception

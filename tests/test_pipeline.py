@@ -77,18 +77,22 @@ def test_dense_maps_are_the_towers_own_grid_from_the_cached_features(fixture, re
         pipe.concept_maps(enc, "occlusion")
 
 
-def test_fine_gradcam_is_offered_for_resnet_towers_only_and_is_four_times_finer(tiny_vit, tiny_rn):
+def test_the_fine_stage_maps_are_offered_for_resnet_towers_only_and_are_finer(tiny_vit, tiny_rn):
     from cbm_core.pipeline import MAP_METHODS
-    from cbm_core.saliency import GradCAM
+    from cbm_core.saliency import GradCAM, LayerCAM
 
     vit, rn = Pipeline(tiny_vit, _model_for(tiny_vit)), Pipeline(tiny_rn, _model_for(tiny_rn))
-    assert set(rn.map_methods()) == set(MAP_METHODS) and rn.default_map_method == "gradcam-fine"
-    assert "gradcam-fine" not in vit.map_methods() and vit.default_map_method == "dense"
+    assert set(rn.map_methods()) == set(MAP_METHODS) and rn.default_map_method == "layercam-fine"
+    assert rn.map_methods()[:2] == ("layercam-fine", "gradcam-fine")
+    assert not {"layercam-fine", "gradcam-fine"} & set(vit.map_methods()) and vit.default_map_method == "dense"
     enc = rn.encode(_png(shape_image("red", 3, size=64)))
+    layer = rn.model.concept_layer.subset([0, 2])
     fine = rn.concept_maps(enc, "gradcam-fine", ["red", "round"])
     assert fine.maps.shape[-2:] == tuple(4 * n for n in enc.spatial.shape[-2:])
-    layer = rn.model.concept_layer.subset([0, 2])
     torch.testing.assert_close(fine.maps, GradCAM(tiny_rn, layer=2).attribute(enc.pixels[None], layer).maps)
+    finest = rn.concept_maps(enc, None, ["red", "round"])  # the default: LayerCAM at stage 1
+    assert finest.method == "layercam" and finest.maps.shape[-2:] == tuple(8 * n for n in enc.spatial.shape[-2:])
+    torch.testing.assert_close(finest.maps, LayerCAM(tiny_rn, layer=1).attribute(enc.pixels[None], layer).maps)
     assert rn.saliency(enc, "gradcam-fine", ["red"]).shape == (1, 64, 64)
     with pytest.raises(ValueError, match="for this vit tower; use dense, dense-surgery, gradcam"):
         vit.concept_maps(vit.encode(_png(shape_image("red", 3))), "gradcam-fine")

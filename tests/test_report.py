@@ -11,6 +11,7 @@ import pytest
 
 from cbm_core import (CBMError, ConceptBank, Intervention, Pipeline, adapt_concepts, cli, concept_directions,
                       counterfactual, evaluate, load_bundle, prune_concepts, set_weight)
+from cbm_core.demo.build_bundle import DEMO_LAM
 from cbm_core.demo.paths import DEMO_BUNDLE, SAMPLES_DIR, load_demo_features
 from cbm_core.explain.reliability import reliability
 from cbm_core.report import browser, figures
@@ -196,7 +197,7 @@ def test_the_model_card_measures_each_edit_made_since_the_bundle_was_opened(card
     assert "plotly-chart" in page.classes and page.scripts == 2  # plotly.js inlined, then the figure
     assert f"{after.accuracy:.1%} accuracy" in page.all_text
     # The concepts with their provenance, the recipe with its hyper-parameters.
-    assert "the Toy Birds attribute list" in page.all_text and "lam 0.02" in page.all_text
+    assert "the Toy Birds attribute list" in page.all_text and f"lam {DEMO_LAM:g}" in page.all_text
 
 
 def test_a_saved_bundle_with_an_edit_log_shows_every_entry_with_what_was_recorded(tmp_path):

@@ -34,7 +34,7 @@ from ..explain.audit import concept_audit, verdict_of, with_audit
 from ..bundle import load_bundle
 from ..explain.concept_metrics import existence_rate, pointing_game, with_pointing
 from ..explain.paraphrase import name_stability, text_layer, with_name_stability
-from ..pipeline import Pipeline
+from ..pipeline import MAP_METHODS, Pipeline
 from ..explain.reliability import (PresenceCalibration, auroc, expected_calibration_error, extreme_concepts, fit_reliability,
                            labels_in_model_order, location_scores, maps_on_input, ood_reference)
 from .ood_proxies import KINDS, proxy_images
@@ -262,13 +262,18 @@ def write_docs(result: dict) -> Path:
                  f"with AUROC {loc['auroc_specificity_for_hit']:.3f} (concentration alone {loc['auroc_concentration_for_hit']:.3f}). "
                  "Pointing game by verdict: " + ", ".join(f"{v} {_num(d['pointing_game'], 2)} ({d['maps']} maps)"
                                                           for v, d in loc["by_verdict"].items()) + ".")
-    L += ["", f"The maps are the pipeline's default for the demo's ResNet tower, `{pcbm['location']['method']}` (Grad-CAM at "
-              "stage 2, a 12 × 12 grid; chosen by docs/SALIENCY.md's evaluation), so these pointing-game numbers belong "
-              "beside that page's `gradcam-l2` row.", "",
+    method = pcbm["location"]["method"]
+    row = {"layercam-fine": "layercam-l1", "gradcam-fine": "gradcam-l2"}.get(method, method)
+    pointing = pcbm["location"]["pointing_game"]
+    where = ("and on this demo tower that evidence is mostly the part itself" if pointing >= 0.7 else
+             "but on this demo tower that evidence is often not the small part itself")
+    L += ["", f"The maps are the pipeline's default for the demo's ResNet tower, `{method}` ({MAP_METHODS[method]}; "
+              f"chosen by docs/SALIENCY.md's evaluation), so these pointing-game numbers belong beside that page's "
+              f"`{row}` row.", "",
           "Reading: the maps' brightest region does carry evidence (deleting it lowers the score far more than deleting "
-              "the same area elsewhere), but on this demo tower that evidence is often not the small part itself "
-              "(docs/SALIENCY.md); read the AUROC above for how well the location score predicts a pointing-game hit, "
-              "and the app shows it as evidence, not as a verdict on the part.", "",
+              f"the same area elsewhere), {where} (pointing game {pointing:.2f}; docs/SALIENCY.md); read the AUROC above "
+              "for how well the location score predicts a pointing-game hit, and the app shows it as evidence, not as a "
+              "verdict on the part.", "",
           f"Pointing game per part concept ({pcbm['location']['method']} maps through the pipeline, PCBM demo):", "",
           "| concept | maps | pointing game | chance |", "|---|---|---|---|"]
     for r in sorted(pcbm["location"]["per_concept"], key=lambda r: r["concept"]):

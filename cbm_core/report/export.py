@@ -530,7 +530,8 @@ def _pictures(pipeline, item, directions, flagged, method, n_maps, pred):
     ramp = ", ".join(f"rgb({r},{g},{b})" for r, g, b in colormap(torch.linspace(0, 1, 9).numpy()).tolist())
     cropped = tuple(seen) != (0, 0, size[0], size[1])
     how = {"dense": "dense concept maps", "dense-surgery": "dense concept maps with the shared part removed",
-           "gradcam": "Grad-CAM", "gradcam-fine": "Grad-CAM on a finer grid"}.get(method, method)
+           "gradcam": "Grad-CAM", "gradcam-fine": "Grad-CAM on a finer grid",
+           "layercam-fine": "LayerCAM on a fine grid"}.get(method, method)
     if not note:
         note = (f"Heat maps ({how}), each scaled to its own range." + (
             " The white frame marks the part of the picture the model saw (it crops the centre)." if cropped else ""))
