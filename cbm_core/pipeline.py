@@ -47,7 +47,7 @@ def backbone_for(model: ConceptBottleneckModel, *, device=None, precision=None, 
 
 
 # The saliency methods; ``Pipeline.map_methods`` gives those a tower offers, its default first. Chosen and
-# described by measurement on Toy Birds (docs/SALIENCY.md): on a ResNet, LayerCAM at stage 1 (a 8x finer grid
+# described by measurement on Toy Birds (docs/SALIENCY.md): on a ResNet, LayerCAM at stage 1 (an 8x finer grid
 # than the last) points at the part best, on the demo tower trained to ground its parts and on the one before it,
 # and deletes far better than random, so it is a ResNet's default; elsewhere dense maps are.
 MAP_METHODS = {

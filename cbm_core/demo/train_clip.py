@@ -360,7 +360,7 @@ def grounding_loss(visual, pixels: torch.Tensor, cover: torch.Tensor, text: torc
     return -torch.log(share + 1e-4).mean(), share.detach().mean()
 
 
-def grounding_batch(cover: np.ndarray, holders: list[list[int]], batch: int, rng: random.Random):
+def grounding_batch(holders: list[list[int]], batch: int, rng: random.Random):
     """``batch`` (bird index, concept index, part index) triples: a part concept drawn uniformly,
     then a training bird that shows it (so small, rarer parts get their share)."""
     names = list(CONCEPT_PART)
@@ -480,7 +480,7 @@ def main(argv=None) -> None:
         loss = loss_fn(out["image_features"], out["text_features"], out["logit_scale"])
         postfix = {}
         if args.ground:
-            picks = grounding_batch(train_cover, holders, args.ground_batch, rng)
+            picks = grounding_batch(holders, args.ground_batch, rng)
             gx = to_pixels(train_images[[i for i, _, _ in picks]], mean, std)
             cover = torch.from_numpy(np.stack([train_cover[i, p] for i, _, p in picks])).float() / 255.0
             if rng.random() < 0.5:
