@@ -160,3 +160,5 @@ def test_a_grounded_fine_tune_starts_from_a_saved_tower_and_records_its_recipe(t
     assert any(not torch.equal(before[k], tuned[k]) for k in before)  # trained, from the saved weights
     with pytest.raises(SystemExit, match="ResNet tower"):
         main(["--out", str(tmp_path / "x"), "--tower", "vit-p8", "--ground", "1.0"])
+    with pytest.raises(SystemExit, match="is not this run's"):  # a tower of another shape is refused, not half-loaded
+        main(["--out", str(tmp_path / "y"), "--init", str(base), "--image-size", "64", "--n-train", "32"])

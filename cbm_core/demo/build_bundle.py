@@ -132,12 +132,11 @@ def write_samples(seed: int = 0, model=None, test_split=None) -> list[Path]:
 
 
 def _read_as_the_app_does(backbone, model, path: Path) -> int:
-    """The class ``model`` gives the picture at ``path`` through the app's own decode and preprocess (the
-    samples are drawn at twice the tower's input, so they are resized, unlike the split's renders)."""
-    from ..images import load_image
+    """The class ``model`` gives the picture at ``path`` through the app's own pipeline (the samples are
+    drawn at twice the tower's input, so they are resized, unlike the split's renders)."""
+    from ..pipeline import Pipeline
 
-    pixels = backbone.preprocess_images([load_image(path.read_bytes(), path.name).image])
-    return int(model.predict(backbone.encode_images(pixels).embeddings)[0])
+    return int(Pipeline(backbone, model).explain(str(path)).predicted[0])
 
 
 def write_shortcut_samples(model, test_split, seed: int = 0, count: int = 2, backbone=None) -> list[Path]:
