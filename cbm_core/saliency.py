@@ -148,6 +148,22 @@ class DenseConceptMaps:
                             self.backbone.resize_mode)
 
 
+def resnet_trunk(visual, pixels: torch.Tensor, stage: int) -> torch.Tensor:
+    """An open_clip ResNet tower up to the output of stage ``stage`` (1-4): (N, C, h, w)."""
+    x = visual.stem(pixels)
+    for block in (visual.layer1, visual.layer2, visual.layer3, visual.layer4)[:stage]:
+        x = block(x)
+    return x
+
+
+def resnet_tail(visual, activation: torch.Tensor, stage: int) -> torch.Tensor:
+    """The rest of the tower from stage ``stage``'s output to the embedding: (N, D)."""
+    x = activation
+    for block in (visual.layer1, visual.layer2, visual.layer3, visual.layer4)[stage:]:
+        x = block(x)
+    return visual.attnpool(x)
+
+
 class GradCAM:
     """Grad-CAM of each concept's score; all K concepts in one batched backward pass.
 
@@ -172,10 +188,6 @@ class GradCAM:
         else:
             raise NotImplementedError(f"Grad-CAM needs a ViT or ResNet open_clip tower, not {type(visual).__name__}.")
 
-    def _stages(self):
-        visual = self.backbone.model.visual
-        return (visual.layer1, visual.layer2, visual.layer3, visual.layer4)
-
     def _trunk(self, pixels: torch.Tensor) -> torch.Tensor:
         visual = self.backbone.model.visual
         if self.backbone.kind == "vit":
@@ -183,10 +195,7 @@ class GradCAM:
             for block in visual.transformer.resblocks[:self.layer]:
                 x = block(x)
             return x  # (N, L, C): the input of block ``layer``
-        x = visual.stem(pixels)
-        for stage in self._stages()[:self.layer]:
-            x = stage(x)
-        return x  # (N, C, h, w)
+        return resnet_trunk(visual, pixels, self.layer)
 
     def _tail(self, activation: torch.Tensor) -> torch.Tensor:
         visual = self.backbone.model.visual
@@ -196,10 +205,7 @@ class GradCAM:
                 x = block(x)
             pooled, _ = visual._pool(x)
             return pooled @ visual.proj if visual.proj is not None else pooled
-        x = activation
-        for stage in self._stages()[self.layer:]:
-            x = stage(x)
-        return visual.attnpool(x)
+        return resnet_tail(visual, activation, self.layer)
 
     def attribute(self, pixels: torch.Tensor, concepts: ConceptLayer | torch.Tensor) -> SaliencyMaps:
         """pixels: (N, 3, H, W) preprocessed; concepts: the model's concept layer (or (K, D) text

@@ -57,58 +57,41 @@ def test_dense_maps_match_the_models_own_embedding_path(fixture, request):
         torch.testing.assert_close(maps.flatten(2), torch.einsum("nld,kd->nkl", emb, vectors), atol=1e-5, rtol=0)
 
 
-def plain_gradcam(cam: GradCAM, pixels: torch.Tensor, vector: torch.Tensor) -> torch.Tensor:
-    """Textbook Grad-CAM of one concept's cosine score: one backward pass, (h, w)."""
+def plain_map(cam: GradCAM, pixels: torch.Tensor, vector: torch.Tensor) -> torch.Tensor:
+    """The textbook map of one concept's cosine score, one backward pass, (h, w). Grad-CAM weights each
+    channel by its gradient's spatial mean; LayerCAM weights each position by its own positive gradient."""
     act = cam._trunk(pixels).detach().requires_grad_(True)
     score = F.cosine_similarity(cam._tail(act).float(), vector[None]).sum()
     (grad,) = torch.autograd.grad(score, act)
-    if cam.backbone.kind == "vit":
-        weights = grad[0, 1:].mean(0)
-        heat = F.relu(act[0, 1:].detach() @ weights)
+    vit = cam.backbone.kind == "vit"
+    grad, act = (grad[0, 1:], act[0, 1:].detach()) if vit else (grad[0], act[0].detach())  # ViT: no class token
+    channels = -1 if vit else 0
+    if isinstance(cam, LayerCAM):
+        heat = F.relu((F.relu(grad) * act).sum(channels))
+    else:
+        weights = grad.mean(0) if vit else grad.mean(dim=(1, 2))
+        heat = F.relu(act @ weights) if vit else F.relu(torch.einsum("c,chw->hw", weights, act))
+    if vit:
         side = int(round(heat.numel() ** 0.5))
         return heat.reshape(side, side)
-    weights = grad[0].mean(dim=(1, 2))
-    return F.relu(torch.einsum("c,chw->hw", weights, act[0].detach()))
+    return heat
 
 
-@pytest.mark.parametrize("fixture,layer", [("tiny_vit", None), ("tiny_rn", None), ("tiny_vit", 0), ("tiny_rn", 2)])
+@pytest.mark.parametrize("method,fixture,layer", [
+    (GradCAM, "tiny_vit", None), (GradCAM, "tiny_rn", None), (GradCAM, "tiny_vit", 0), (GradCAM, "tiny_rn", 2),
+    (LayerCAM, "tiny_vit", None), (LayerCAM, "tiny_rn", 1)])
 @pytest.mark.parametrize("k", [6, 40])  # fewer and more concepts than the embedding's 32 dimensions
-def test_batched_gradcam_equals_the_per_concept_loop(fixture, layer, k, request):
+def test_batched_maps_equal_the_per_concept_loop(method, fixture, layer, k, request):
     bb = request.getfixturevalue(fixture)
     torch.manual_seed(k)
     pixels = torch.randn(1, 3, *bb.image_size)
     vectors = F.normalize(torch.randn(k, bb.embed_dim), dim=1)
-    cam = GradCAM(bb, layer=layer)
-    batched = cam.attribute(pixels, vectors).maps
-    looped = torch.stack([plain_gradcam(cam, pixels, vectors[j]) for j in range(k)])[None]
-    torch.testing.assert_close(batched, looped, atol=1e-5, rtol=1e-4)
-    assert batched.shape[:2] == (1, k) and (batched >= 0).all() and batched.amax() > 0
-
-
-def plain_layercam(cam: LayerCAM, pixels: torch.Tensor, vector: torch.Tensor) -> torch.Tensor:
-    """Textbook LayerCAM of one concept's cosine score: relu(sum_c relu(grad_c) * act_c), (h, w)."""
-    act = cam._trunk(pixels).detach().requires_grad_(True)
-    score = F.cosine_similarity(cam._tail(act).float(), vector[None]).sum()
-    (grad,) = torch.autograd.grad(score, act)
-    if cam.backbone.kind == "vit":
-        heat = F.relu((F.relu(grad[0, 1:]) * act[0, 1:].detach()).sum(-1))
-        side = int(round(heat.numel() ** 0.5))
-        return heat.reshape(side, side)
-    return F.relu((F.relu(grad[0]) * act[0].detach()).sum(0))
-
-
-@pytest.mark.parametrize("fixture,layer", [("tiny_vit", None), ("tiny_rn", 1)])
-@pytest.mark.parametrize("k", [6, 40])  # fewer and more concepts than the embedding's 32 dimensions
-def test_batched_layercam_equals_the_per_concept_loop(fixture, layer, k, request):
-    bb = request.getfixturevalue(fixture)
-    torch.manual_seed(k)
-    pixels = torch.randn(1, 3, *bb.image_size)
-    vectors = F.normalize(torch.randn(k, bb.embed_dim), dim=1)
-    cam = LayerCAM(bb, layer=layer)
+    cam = method(bb, layer=layer)
     batched = cam.attribute(pixels, vectors)
-    looped = torch.stack([plain_layercam(cam, pixels, vectors[j]) for j in range(k)])[None]
+    looped = torch.stack([plain_map(cam, pixels, vectors[j]) for j in range(k)])[None]
     torch.testing.assert_close(batched.maps, looped, atol=1e-5, rtol=1e-4)
-    assert batched.method == "layercam" and (batched.maps >= 0).all() and batched.maps.amax() > 0
+    assert batched.method == method.method and batched.maps.shape[:2] == (1, k)
+    assert (batched.maps >= 0).all() and batched.maps.amax() > 0
     if layer == 1:  # stage 1 of a ResNet: 8x the last stage's grid
         assert batched.maps.shape[-1] == 8 * GradCAM(bb).attribute(pixels, vectors[:1]).maps.shape[-1]
 

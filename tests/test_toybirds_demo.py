@@ -55,3 +55,17 @@ def test_shipped_features_match_the_bundle():
     assert t["val.embeddings"].shape[1] == model.embed_dim
     acc = float((model.predict(t["val.embeddings"]) == t["val.labels"]).float().mean())
     assert acc == pytest.approx(model.metrics["val_accuracy"], abs=1e-6)
+
+
+def test_the_demo_lam_rule_prefers_accuracy_among_lams_that_keep_the_pruning_gain():
+    from cbm_core.demo.build_bundle import MIN_PRUNING_GAIN, pick_lam
+
+    def row(lam, acc, gain):
+        return {"lam": lam, "val_accuracy": acc, "val_pruning_gain": gain}
+
+    rows = [row(1e-3, 0.95, MIN_PRUNING_GAIN - 0.01),  # the most accurate, but pruning no longer shows the shortcut
+            row(1e-2, 0.90, MIN_PRUNING_GAIN),         # exactly on the bar counts as keeping it
+            row(3e-2, 0.88, MIN_PRUNING_GAIN + 0.05)]
+    assert pick_lam(rows) == 1e-2
+    # where no λ keeps the gain, the one with the largest gain, whatever its accuracy
+    assert pick_lam([row(1e-3, 0.95, 0.02), row(5e-2, 0.70, 0.08), row(1e-2, 0.90, 0.05)]) == 5e-2

@@ -64,8 +64,7 @@ def fit_demo_model(backbone, splits: dict, lam: float, spec: str = "demo"):
 
 
 def choose_lam(spec: str = "demo", seed: int = 0, lams=LAM_SWEEP) -> tuple[float, list[dict]]:
-    """``DEMO_LAM``'s rule on validation birds: (the chosen λ, one row per λ). Where no λ keeps a pruning
-    gain of ``MIN_PRUNING_GAIN``, the one with the largest gain."""
+    """``DEMO_LAM``'s sweep on validation birds: (the λ ``pick_lam`` chooses, one row per λ)."""
     backbone = load_backbone(spec, device="cpu")
     splits = {s: encode_split(backbone, s, SPLIT_SIZES[s], seed) for s in ("train", "val")}
     rows = []
@@ -73,9 +72,15 @@ def choose_lam(spec: str = "demo", seed: int = 0, lams=LAM_SWEEP) -> tuple[float
         val = fit_demo_model(backbone, {**splits, "test": splits["val"]}, lam, spec)[1]["val"]
         rows.append({"lam": lam, "val_accuracy": val["accuracy"],
                      "val_pruning_gain": val["pruned_worst_group"] - val["worst_group"]})
+    return pick_lam(rows), rows
+
+
+def pick_lam(rows: list[dict]) -> float:
+    """The rule behind ``DEMO_LAM``, over sweep rows (``lam``, ``val_accuracy``, ``val_pruning_gain``): the most
+    accurate λ among those whose pruning gain is at least ``MIN_PRUNING_GAIN``; where none is, the largest gain."""
     keeping = [r for r in rows if r["val_pruning_gain"] >= MIN_PRUNING_GAIN]
     best = max(keeping, key=lambda r: r["val_accuracy"]) if keeping else max(rows, key=lambda r: r["val_pruning_gain"])
-    return best["lam"], rows
+    return best["lam"]
 
 
 def build(lam: float, seed: int = 0, out: Path = DEMO_BUNDLE, spec: str = "demo") -> dict:
@@ -92,7 +97,7 @@ def build(lam: float, seed: int = 0, out: Path = DEMO_BUNDLE, spec: str = "demo"
                         f"{split}.concept_labels": c.to(torch.uint8)})
     save_file(tensors, str(DEMO_FEATURES), metadata={"group_names": json.dumps(sorted(set(splits["val"][2]))),
                                                      "concepts": json.dumps(list(CONCEPTS)), "seed": str(seed)})
-    write_samples(seed, model, splits["test"])
+    write_samples(seed, model, splits["test"], backbone=backbone)
     write_shortcut_samples(model, splits["test"], seed, backbone=backbone)
     return report
 
@@ -106,10 +111,11 @@ def _typical(bird) -> bool:
     return all(bird.attributes[a] == v for a, v in SPECIES[bird.species].typical.items())
 
 
-def write_samples(seed: int = 0, model=None, test_split=None) -> list[Path]:
+def write_samples(seed: int = 0, model=None, test_split=None, backbone=None) -> list[Path]:
     """About a dozen test-split birds: each species on its own background, plus counter-spurious ones. With
     the bundle and the encoded test split, only birds it reads right: the shortcut has its own samples
-    (``write_shortcut_samples``), so the gallery shows it once, where it is explained."""
+    (``write_shortcut_samples``), so the gallery shows it once, where it is explained. With ``backbone`` too,
+    read right on the saved picture, as the app reads it."""
     SAMPLES_DIR.mkdir(parents=True, exist_ok=True)
     for old in SAMPLES_DIR.glob("*.png"):
         old.unlink()
@@ -122,12 +128,15 @@ def write_samples(seed: int = 0, model=None, test_split=None) -> list[Path]:
         while True:
             bird = sample_bird(seed, i, "test")
             i += 1
-            if bird.species == sp_idx and _on_own_background(bird) == (which == "own") and _typical(bird) and (
-                    pred is None or int(pred[i - 1]) == bird.species):
+            if not (bird.species == sp_idx and _on_own_background(bird) == (which == "own") and _typical(bird) and (
+                    pred is None or int(pred[i - 1]) == bird.species)):
+                continue
+            path = SAMPLES_DIR / f"{len(written) + 1:02d}_{bird.species_name.replace(' ', '_')}_on_{bird.background}.png"
+            render(bird, IMAGE_SIZE * 2)[0].save(path)
+            if backbone is None or _read_as_the_app_does(backbone, model, path) == bird.species:
                 break
-        name = f"{len(written) + 1:02d}_{bird.species_name.replace(' ', '_')}_on_{bird.background}.png"
-        render(bird, IMAGE_SIZE * 2)[0].save(SAMPLES_DIR / name)
-        written.append(SAMPLES_DIR / name)
+            path.unlink()
+        written.append(path)
     return written
 
 

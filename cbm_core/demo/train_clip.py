@@ -344,15 +344,11 @@ def grounding_loss(visual, pixels: torch.Tensor, cover: torch.Tensor, text: torc
     ``cover`` (B, h, w) in [0, 1]. Returns (-log of the share on the part, averaged; that share)."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    stages = (visual.layer1, visual.layer2, visual.layer3, visual.layer4)
-    act = visual.stem(pixels)
-    for block in stages[:stage]:
-        act = block(act)
-    x = act
-    for block in stages[stage:]:
-        x = block(x)
+    from ..saliency import resnet_tail, resnet_trunk
+
+    act = resnet_trunk(visual, pixels, stage)
     with sdpa_kernel(SDPBackend.MATH):  # the fused CPU attention kernel has no double backward
-        emb = visual.attnpool(x)
+        emb = resnet_tail(visual, act, stage)
     score = (torch.nn.functional.normalize(emb, dim=-1) * text).sum(-1)
     (grad,) = torch.autograd.grad(score.sum(), act, create_graph=True)
     cam = torch.relu((torch.relu(grad) * act).sum(1))
