@@ -14,7 +14,7 @@ from PIL import Image
 from cbm_core import CBMError, Pipeline, load_bundle, prune_concepts
 from cbm_core.explain import reliability as rel
 from cbm_core.explain.atlas import atlas_images, atlas_index, concept_atlas
-from cbm_core.explain.audit import concept_audit, stored_audit, with_audit
+from cbm_core.explain.audit import LEAKAGE_LIMIT, concept_audit, stored_audit, with_audit
 from cbm_core.concept_layer import TextCosine
 from cbm_core.concepts import ConceptBank
 from cbm_core.demo.ood_proxies import proxy_images, sample_photos
@@ -294,7 +294,8 @@ def test_the_audit_sees_pcbm_fall_to_chance_with_every_concept_absent(fitted, va
     assert audit.accuracy > 0.85 and audit.chance == pytest.approx(0.125)
     assert audit.absent_accuracy <= audit.chance + 0.02
     assert audit.residual_share == 0 and audit.uses_concepts
-    assert audit.presence_accuracy > audit.accuracy - 0.05  # little leaks through the scores' strength
+    # what leaks through the scores' strength stays within the audit's own limit, so its leakage check passes
+    assert audit.accuracy - audit.presence_accuracy <= LEAKAGE_LIMIT and dict(c[:2] for c in audit.checks())["leakage"]
     assert audit.label_auroc > 0.95 and audit.shuffled_label_auroc < 0.6
     assert audit.named_at_nec is None and [c[0] for c in audit.checks()] == ["bypass", "leakage", "names match labels"]
 

@@ -84,10 +84,12 @@ def test_intervene_downloads_a_report_with_the_changes_on_screen(downloads):
     assert not at.exception, at.exception
     shown = report(downloads, "intervene_report")
     assert sections(shown)[-1] == "diver on land"
-    after = engine.explain(DIVER.read_bytes(), Intervention().ablate(top))
-    now = after.class_names[int(after.predicted[0])]
+    before, after = engine.explain(DIVER.read_bytes()), engine.explain(DIVER.read_bytes(), Intervention().ablate(top))
+    was, now = (e.class_names[int(e.predicted[0])] for e in (before, after))
     assert "Your changes and what they do" in shown.all_text and f"switch off '{top}'" in shown.all_text
-    assert f"{now}</b> ({float(after.probs[0].max()):.1%})." in shown.html
+    p_was, p_now = float(before.probs[0].max()), float(after.probs[0].max())
+    assert (f"stays <b>{now}</b> ({p_was:.1%} → {p_now:.1%})." if was == now else
+            f"changes from <b>{was}</b> ({p_was:.1%}) to <b>{now}</b> ({p_now:.1%}).") in shown.html
 
 
 def test_edit_downloads_the_model_card_with_the_edit_measured(downloads):

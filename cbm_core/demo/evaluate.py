@@ -79,8 +79,7 @@ def _model_lines(t: dict) -> list[str]:
     if not t.get("init"):
         return [f"- demo model: {base} — {took(t)}; it checkpoints every 100 steps and resumes with `--resume`;"]
     epochs = t["steps_planned"] * t["batch_size"] / t["n_train"]
-    flags = ([f"--ground {t['ground']:g}"] if t.get("ground") else []) + (["--ground-reach"] if t.get("ground_reach") else []) \
-        + ([f"--reshape-pairs {t['reshape_pairs']}"] if t.get("reshape_pairs") else []) + [f"--epochs {epochs:g}", f"--lr {t['lr']:g}"]
+    flags = ([f"--ground {t['ground']:g}"] if t.get("ground") else []) + [f"--epochs {epochs:g}", f"--lr {t['lr']:g}"]
     return [f"- demo model: the base tower, {base} — {took(t.get('init_training') or {})} — fine-tuned with the part-grounding "
             f"loss: `python -m cbm_core.demo.train_clip --init BASE {' '.join(flags)}` — {took(t)} (docs/SALIENCY.md says "
             "why); both checkpoint every 100 steps and resume with `--resume`;"]

@@ -23,7 +23,7 @@ the base of the shipped tower (trained 2026-12-01) uses the defaults, 0.3 / 0.2 
 The shipped tower (since 2026-12-02) is that tower fine-tuned with a *part-grounding* loss, because the
 knobs above made colour evidence more local but not enough for a map to point at a crown, a beak or an eye:
 
-    python -m cbm_core.demo.train_clip --init runs/base_tower --ground 0.3 --epochs 8 --lr 2e-4 --out assets/demo_clip
+    python -m cbm_core.demo.train_clip --init runs/base_tower --ground 0.6 --epochs 8 --lr 2e-4 --out assets/demo_clip
 
 - ``--ground W``: each step also takes ``--ground-batch`` birds, one part concept each, and asks the
   LayerCAM of that concept's score at ResNet stage ``--ground-stage`` (the app's default map, 24 x 24 at
