@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import random_cbm, record, timeit  # noqa: E402
 from cbm_core import Pipeline, decode_image, load_backbone, load_bundle  # noqa: E402
 from cbm_core.demo.paths import DEMO_BUNDLE, SAMPLES_DIR  # noqa: E402
-from cbm_core.pipeline import EncodingCache  # noqa: E402
+from cbm_core.explain.pipeline import EncodingCache  # noqa: E402
 
 
 def main() -> None:

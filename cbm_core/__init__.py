@@ -14,29 +14,29 @@ __version__ = "0.1.0"
 from .backbone import Backbone, ImageEncoding, load_backbone, register_model_config
 from .bundle import load_bundle, read_manifest, save_bundle
 from .concepts import ConceptBank, FilterReport
-from .counterfactual import Counterfactual, counterfactual
+from .explain.counterfactual import Counterfactual, counterfactual
 from .data import FeatureSet, ImageDataset, ImageRecord, extract_features
 from .store import FeatureStore, StoreError, write_store
 from .sources import FeatureSource, MappedSource, TensorSource
-from .edits import EditResult, adapt_concepts, prune_concepts, replay, set_weight
-from .baselines import random_concept_baseline
-from .evaluation import Metrics, compare, confusion_matrix, cooccurrence_warnings, evaluate
+from .analysis.edits import EditResult, adapt_concepts, prune_concepts, replay, set_weight
+from .analysis.baselines import random_concept_baseline
+from .analysis.evaluation import Metrics, compare, confusion_matrix, cooccurrence_warnings, evaluate
 from .errors import (BackboneError, BundleError, CBMError, ConceptError, DatasetError, ImageError,
                      InterventionError, RecipeError, UntrustedBackboneError)
 from .images import decode_image
-from .overlay import overlay
-from .explain_text import (DIRECTIONS, EditSummary, baseline_verdict, concept_directions, describe_edit, direction,
-                           label_from_filename)
+from .explain.overlay import overlay
+from .explain.wording import (DIRECTIONS, EditSummary, baseline_verdict, concept_directions, describe_edit,
+                              direction, label_from_filename)
 from .interventions import ConceptChange, Intervention
 from .model import ConceptBottleneckModel, ConceptStats, Explanation
-from .head_slice import HeadSlice
-from .pipeline import EncodedImage, EncodingCache, Pipeline
+from .explain.head_slice import HeadSlice
+from .explain.pipeline import EncodedImage, EncodingCache, Pipeline
 from .recipes import PCBM, PathPoint, regularization_path
 from .build import BuildResult, build_cbm
-from .comparison import Comparison, compare_recipes
+from .analysis.comparison import Comparison, compare_recipes
 from .concept_layer import ConceptLayer, LinearProjection, SparseAutoencoderEncoder, TextCosine
 from .recipes import Param, Recipe, RecipeInputs, get_recipe, list_recipes, register_recipe
-from .saliency import DenseConceptMaps, GradCAM, LayerCAM, Occlusion, SaliencyMaps, class_maps
+from .explain.saliency import DenseConceptMaps, GradCAM, LayerCAM, Occlusion, SaliencyMaps, class_maps
 from .recipes.supervised import SupervisedCBM
 from .tti import (InterventionCurve, Question, TTIError, answers_intervention, apply_answer, intervention_curve,
                   next_question)

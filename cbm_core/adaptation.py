@@ -32,7 +32,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from .edits import EditResult, adapt_concepts
+from .analysis.edits import EditResult, adapt_concepts
 from .errors import CBMError
 from .model import ConceptBottleneckModel
 
@@ -241,7 +241,7 @@ def adaptation_sweep(model: ConceptBottleneckModel, target_pool, target_test, so
     """Accuracy on the shifted test set and the source test set after adapting from ``n`` labelled target
     images per class (drawn ``draws`` times from ``target_pool``), for each n in ``shots``. Each data
     argument is a ``FeatureSet`` (embeddings, labels). One row per (n, draw)."""
-    from .evaluation import evaluate
+    from .analysis.evaluation import evaluate
 
     rows = []
     base_target = evaluate(model, target_test.embeddings, target_test.labels).accuracy

@@ -17,7 +17,7 @@ from .backbone import Backbone
 from .concepts import ConceptBank, FilterReport, check_templates
 from .data import FeatureSet, ImageDataset, extract_features
 from .errors import DatasetError
-from .evaluation import Metrics, evaluate
+from .analysis.evaluation import Metrics, evaluate
 from .model import ConceptBottleneckModel
 from .recipes import PathPoint, RecipeInputs, get_recipe
 

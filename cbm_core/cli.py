@@ -113,14 +113,14 @@ def cmd_build(args) -> None:
 
 
 def _load_pipeline(args):
-    from .pipeline import Pipeline
+    from .explain.pipeline import Pipeline
 
     return Pipeline.from_bundle(args.bundle, device=args.device, precision=args.precision,
                                 trust_backbone=args.trust_backbone)
 
 
 def _backbone(model, args):
-    from .pipeline import backbone_for
+    from .explain.pipeline import backbone_for
 
     return backbone_for(model, device=args.device, precision=args.precision, trust=args.trust_backbone)
 
@@ -213,7 +213,7 @@ def cmd_predict(args) -> None:
 
 def cmd_evaluate(args) -> None:
     from .bundle import load_bundle
-    from .evaluation import evaluate
+    from .analysis.evaluation import evaluate
 
     model = load_bundle(args.bundle)
     backbone = _backbone(model, args)
@@ -231,8 +231,8 @@ def _check_classes(model, data) -> None:
 
 def cmd_edit(args) -> None:
     from .bundle import bundle_exists, load_bundle
-    from .edits import prune_concepts
-    from .evaluation import compare
+    from .analysis.edits import prune_concepts
+    from .analysis.evaluation import compare
 
     if bundle_exists(args.out) and not args.overwrite:  # before any slow step
         raise CBMError(f"A bundle already exists at '{args.out}'. Choose another --out, or pass --overwrite to replace it.")
@@ -250,7 +250,7 @@ def cmd_edit(args) -> None:
 
 def cmd_compare(args) -> None:
     from .backbone import load_backbone
-    from .comparison import DEFAULT_BASELINES, compare_recipes, stratified_split
+    from .analysis.comparison import DEFAULT_BASELINES, compare_recipes, stratified_split
     from .concepts import ConceptBank, check_templates, load_candidate_pool, load_vocabulary
     from .data import extract_features
     from .recipes import RecipeInputs, get_recipe
@@ -396,7 +396,7 @@ def cmd_intervene_curve(args) -> None:
 def cmd_adapt(args) -> None:
     from .adaptation import AdaptationError, few_shot, propose_adaptation
     from .bundle import bundle_exists, load_bundle
-    from .evaluation import evaluate
+    from .analysis.evaluation import evaluate
 
     if bundle_exists(args.out) and not args.overwrite:  # before any slow step
         raise CBMError(f"A bundle already exists at '{args.out}'. Choose another --out, or pass --overwrite to replace it.")
@@ -567,7 +567,7 @@ def _requested_recipe(argv) -> str:
 
 def build_parser(recipe_name: str = "pcbm") -> argparse.ArgumentParser:
     from .recipes import RECIPES, get_recipe
-    from .pipeline import MAP_METHODS
+    from .explain.pipeline import MAP_METHODS
 
     recipe = get_recipe(recipe_name)
     parser = argparse.ArgumentParser(prog="python -m cbm_core", description=__doc__,

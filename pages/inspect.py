@@ -5,8 +5,8 @@ from __future__ import annotations
 import streamlit as st
 
 from cbm_core import ImageError, concept_directions, label_from_filename
-from cbm_core.overlay import heat_layer, seen_region
-from cbm_core.pipeline import MAP_METHODS
+from cbm_core.explain.overlay import heat_layer, seen_region
+from cbm_core.explain.pipeline import MAP_METHODS
 from ui import charts, common, report_button, sidebar
 from ui.saliency_panel import ConceptMap, prefetch_maps, saliency_maps, saliency_panel
 from ui.images import UPLOAD_HELP, display_image, overlay_size, plain, width_within

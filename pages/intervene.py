@@ -4,7 +4,7 @@ from __future__ import annotations
 import streamlit as st
 
 from cbm_core import CBMError, HeadSlice, ImageError, Intervention, counterfactual
-from cbm_core.head_slice import apply_settings
+from cbm_core.explain.head_slice import apply_settings
 from ui import common, live_panel, report_button, sidebar, tti_panel
 from ui.images import display_image, plain, width_within
 

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from cbm_core import Intervention, Pipeline, get_recipe
-from cbm_core.comparison import stratified_split
+from cbm_core.analysis.comparison import stratified_split
 from cbm_core.concepts import ConceptBank
 from cbm_core.demo.paths import SAMPLES_DIR, load_demo_features
 from cbm_core.demo.splits import CONCEPT_TEMPLATE

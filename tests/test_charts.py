@@ -1,7 +1,7 @@
 """The charts' layout helpers: what each bar says and where it is drawn (numbers from cbm_core)."""
 import pandas as pd
 
-from cbm_core.explain_text import ABSENT_AGAINST, ABSENT_FOR, PRESENT_FOR
+from cbm_core.explain.wording import ABSENT_AGAINST, ABSENT_FOR, PRESENT_FOR
 from cbm_core.recipes.elastic_net import PathPoint
 from ui import charts
 

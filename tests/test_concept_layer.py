@@ -16,7 +16,7 @@ from cbm_core.concept_layer import (LAYER_KINDS, LinearProjection, SparseAutoenc
 from cbm_core.concepts import ConceptBank
 from cbm_core.demo.paths import DEMO_BUNDLE
 from cbm_core.model import ConceptBottleneckModel, ConceptStats
-from cbm_core.saliency import DenseConceptMaps, GradCAM
+from cbm_core.explain.saliency import DenseConceptMaps, GradCAM
 
 K, C, D = 5, 3, 32
 

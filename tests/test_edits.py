@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from cbm_core.edits import prune_concepts, replay, set_weight
-from cbm_core.evaluation import compare, evaluate
+from cbm_core.analysis.edits import prune_concepts, replay, set_weight
+from cbm_core.analysis.evaluation import compare, evaluate
 from cbm_core.errors import ConceptError
 
 

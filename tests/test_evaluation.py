@@ -1,9 +1,9 @@
 import torch
 
 from cbm_core.concepts import ConceptBank
-from cbm_core.baselines import random_concept_baseline
+from cbm_core.analysis.baselines import random_concept_baseline
 from cbm_core.concept_layer import TextCosine
-from cbm_core.evaluation import confusion_matrix, cooccurrence_warnings
+from cbm_core.analysis.evaluation import confusion_matrix, cooccurrence_warnings
 from cbm_core.model import ConceptBottleneckModel, ConceptStats
 
 

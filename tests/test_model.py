@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from cbm_core.counterfactual import counterfactual
+from cbm_core.explain.counterfactual import counterfactual
 from cbm_core.errors import InterventionError
 from cbm_core.interventions import Intervention
 from conftest import make_model

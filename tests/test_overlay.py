@@ -5,7 +5,7 @@ import numpy as np
 def test_a_heat_layer_over_the_picture_looks_like_the_blended_overlay():
     from PIL import Image
 
-    from cbm_core.overlay import heat_layer, overlay
+    from cbm_core.explain.overlay import heat_layer, overlay
 
     rng = np.random.default_rng(0)
     picture = Image.fromarray(rng.integers(0, 256, (12, 20, 3), dtype=np.uint8))
@@ -18,7 +18,7 @@ def test_a_heat_layer_over_the_picture_looks_like_the_blended_overlay():
 
 
 def test_seen_region_is_the_centre_square_and_the_layer_is_clear_outside_it():
-    from cbm_core.overlay import heat_layer, seen_region
+    from cbm_core.explain.overlay import heat_layer, seen_region
 
     assert seen_region((1200, 800), "shortest") == (200, 0, 800, 800)
     assert seen_region((1200, 800), "shortest", out_size=(300, 200)) == (50, 0, 200, 200)

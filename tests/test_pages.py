@@ -7,7 +7,7 @@ import torch
 from streamlit.testing.v1 import AppTest
 
 from cbm_core import Intervention, Pipeline, compare, concept_directions, cooccurrence_warnings, prune_concepts
-from cbm_core.explain_text import ABSENT_FOR
+from cbm_core.explain.wording import ABSENT_FOR
 from cbm_core.demo.paths import DEMO_BUNDLE, SAMPLES_DIR, load_demo_features
 from ui.common import STORY_BIRD
 

@@ -8,7 +8,7 @@ from cbm_core.concepts import ConceptBank
 from cbm_core.errors import BackboneError, ImageError
 from cbm_core.interventions import Intervention
 from cbm_core.model import ConceptBottleneckModel, ConceptStats
-from cbm_core.pipeline import Pipeline
+from cbm_core.explain.pipeline import Pipeline
 from helpers import shape_image
 
 
@@ -61,7 +61,7 @@ def test_dense_maps_are_the_towers_own_grid_from_the_cached_features(fixture, re
     """The default maps cost one matrix product on the features the encoding cached: the tower's own grid
     (no enlarged re-run of the trunk), the same maps the reliability scores read, aligned to the picture."""
     from cbm_core.explain.reliability import input_maps
-    from cbm_core.saliency import DenseConceptMaps
+    from cbm_core.explain.saliency import DenseConceptMaps
 
     bb = request.getfixturevalue(fixture)
     pipe = Pipeline(bb, _model_for(bb))
@@ -78,8 +78,8 @@ def test_dense_maps_are_the_towers_own_grid_from_the_cached_features(fixture, re
 
 
 def test_the_fine_stage_maps_are_offered_for_resnet_towers_only_and_are_finer(tiny_vit, tiny_rn):
-    from cbm_core.pipeline import MAP_METHODS
-    from cbm_core.saliency import GradCAM, LayerCAM
+    from cbm_core.explain.pipeline import MAP_METHODS
+    from cbm_core.explain.saliency import GradCAM, LayerCAM
 
     vit, rn = Pipeline(tiny_vit, _model_for(tiny_vit)), Pipeline(tiny_rn, _model_for(tiny_rn))
     assert set(rn.map_methods()) == set(MAP_METHODS) and rn.default_map_method == "layercam-fine"

@@ -12,7 +12,7 @@ from cbm_core.bundle import load_bundle, save_bundle
 from cbm_core.concepts import ConceptBank
 from cbm_core.data import ImageDataset
 from cbm_core.errors import RecipeError
-from cbm_core.pipeline import Pipeline
+from cbm_core.explain.pipeline import Pipeline
 from cbm_core.recipes import RecipeInputs, get_recipe
 from cbm_core.recipes.cms import CMS, class_concept_matrix, fit_temperature, paper_scores, row_normalise
 from cbm_core.recipes.sparse_cbm import (SparseCBM, cbl_to_layer, contrastive_loss, gumbel_contrastive_loss,

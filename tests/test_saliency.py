@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cbm_core.saliency import DenseConceptMaps, GradCAM, LayerCAM, Occlusion, SaliencyMaps, class_maps
+from cbm_core.explain.saliency import DenseConceptMaps, GradCAM, LayerCAM, Occlusion, SaliencyMaps, class_maps
 
 
 @pytest.fixture

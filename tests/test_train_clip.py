@@ -119,7 +119,7 @@ def test_the_grounding_loss_moves_a_concepts_layercam_onto_its_part():
 
     from cbm_core.backbone import Backbone, register_model_config
     from cbm_core.demo.train_clip import MODEL_CFG, grounding_loss
-    from cbm_core.saliency import LayerCAM
+    from cbm_core.explain.saliency import LayerCAM
 
     cfg = {**MODEL_CFG, "vision_cfg": {**MODEL_CFG["vision_cfg"], "image_size": 64}}
     register_model_config("toybirds-rn-test64", cfg)

@@ -13,7 +13,7 @@ import streamlit as st
 
 from cbm_core import BackboneError, BundleError, CBMError, Pipeline, load_backbone, load_bundle
 from cbm_core.backbone import spec_needs_trust
-from cbm_core.pipeline import EncodingCache
+from cbm_core.explain.pipeline import EncodingCache
 from cbm_core.demo.paths import DEMO_BUNDLE, SAMPLES_DIR
 
 ROOT = Path(__file__).resolve().parent.parent

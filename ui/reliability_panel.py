@@ -20,7 +20,7 @@ import streamlit as st
 
 from cbm_core import CBMError
 from cbm_core.explain import reliability as rel
-from cbm_core.overlay import overlay
+from cbm_core.explain.overlay import overlay
 from ui import common
 
 _LOCK = threading.Lock()

@@ -1,7 +1,7 @@
 """Inspect's saliency maps as one browser component (see saliency_panel.js): the picture once, each
 concept's map as a transparent layer over it, and the opacity control in the browser, so moving it
 redraws the overlays in a frame instead of re-running the page. Layers come from
-``cbm_core.overlay.heat_layer``: drawn at opacity o they look exactly like ``overlay(picture, map, o)``."""
+``cbm_core.explain.overlay.heat_layer``: drawn at opacity o they look exactly like ``overlay(picture, map, o)``."""
 from __future__ import annotations
 
 import base64
@@ -14,13 +14,13 @@ import numpy as np
 import streamlit as st
 from PIL import Image
 
-from cbm_core.overlay import colormap
+from cbm_core.explain.overlay import colormap
 
 _HERE = Path(__file__).parent
 _component = st.components.v2.component(
     "cbm.saliency_maps", html='<div class="saliency"></div>', css=(_HERE / "saliency_panel.css").read_text(),
     js=(_HERE / "saliency_panel.js").read_text())
-# The legend's colour bar: the ramp the layers are drawn with (cbm_core/overlay.py).
+# The legend's colour bar: the ramp the layers are drawn with (cbm_core/explain/overlay.py).
 RAMP = "linear-gradient(to right, " + ", ".join(f"rgb({r},{g},{b})" for r, g, b in colormap(np.linspace(0, 1, 9)).tolist()) + ")"
 
 
@@ -57,7 +57,7 @@ def saliency_maps(pipe, enc, method: str, concepts, size: tuple[int, int]):
 @dataclass(frozen=True)
 class ConceptMap:
     concept: str
-    layer: Image.Image  # RGBA, the picture's size (cbm_core.overlay.heat_layer)
+    layer: Image.Image  # RGBA, the picture's size (cbm_core.explain.overlay.heat_layer)
     present: bool  # drawn at full strength; an absent concept's map is dimmed
     caption: str  # e.g. "present (p100) · pushes for azure diver (+2.12)"
 
@@ -73,7 +73,7 @@ def _data_url(image: Image.Image, fmt: str) -> str:
 
 def saliency_panel(picture: Image.Image, maps: list[ConceptMap], seen: tuple[int, int, int, int] | None,
                    key: str, opacity: float = 0.6) -> None:
-    """picture: RGB at the maps' size; seen: the region the model saw (``cbm_core.overlay.seen_region``
+    """picture: RGB at the maps' size; seen: the region the model saw (``cbm_core.explain.overlay.seen_region``
     in the picture's pixels), outlined when it is not the whole picture."""
     width, height = picture.size
     whole = seen is None or tuple(seen) == (0, 0, width, height)

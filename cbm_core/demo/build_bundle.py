@@ -18,8 +18,8 @@ from safetensors.torch import save_file
 
 from ..backbone import load_backbone
 from ..concepts import ConceptBank
-from ..edits import prune_concepts
-from ..evaluation import evaluate
+from ..analysis.edits import prune_concepts
+from ..analysis.evaluation import evaluate
 from ..recipes.pcbm import PCBM
 from .paths import DEMO_BUNDLE, DEMO_FEATURES, SAMPLES_DIR
 from .splits import CONCEPT_TEMPLATE, IMAGE_SIZE, SPLIT_SIZES, ToyBirds, encode_split  # noqa: F401 (re-exported)
@@ -143,7 +143,7 @@ def write_samples(seed: int = 0, model=None, test_split=None, backbone=None) -> 
 def _read_as_the_app_does(backbone, model, path: Path) -> int:
     """The class ``model`` gives the picture at ``path`` through the app's own pipeline (the samples are
     drawn at twice the tower's input, so they are resized, unlike the split's renders)."""
-    from ..pipeline import Pipeline
+    from ..explain.pipeline import Pipeline
 
     return int(Pipeline(backbone, model).explain(str(path)).predicted[0])
 

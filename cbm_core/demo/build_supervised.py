@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import save_file
 
 from ..backbone import load_backbone
-from ..evaluation import evaluate
+from ..analysis.evaluation import evaluate
 from ..recipes.supervised import SupervisedCBM
 from .shifted import SHIFTED_FEATURES, SUPERVISED_BUNDLE, shifted_features
 from .splits import SPLIT_SIZES, toybirds_features

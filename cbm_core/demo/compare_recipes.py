@@ -19,10 +19,10 @@ from pathlib import Path
 import torch
 
 from ..backbone import load_backbone
-from ..comparison import compare_recipes
+from ..analysis.comparison import compare_recipes
 from ..concepts import ConceptBank, load_candidate_pool, load_vocabulary
-from ..edits import prune_concepts
-from ..evaluation import evaluate
+from ..analysis.edits import prune_concepts
+from ..analysis.evaluation import evaluate
 from ..recipes import RecipeInputs, get_recipe, list_recipes
 from .paths import TOYBIRDS_POOL, TOYBIRDS_VOCABULARY
 from .splits import CONCEPT_TEMPLATE, toybirds_features

@@ -19,8 +19,8 @@ import torch
 
 from ..backbone import load_backbone
 from ..bundle import load_bundle
-from ..edits import prune_concepts
-from ..evaluation import evaluate
+from ..analysis.edits import prune_concepts
+from ..analysis.evaluation import evaluate
 from .build_bundle import (DEMO_BUNDLE, DEMO_LAM, MIN_PRUNING_GAIN, SPLIT_SIZES, ToyBirds, choose_lam, encode_split,
                            fit_demo_model)
 from .train_clip import CONCEPT_TEMPLATE, SPECIES_TEMPLATE, score_report

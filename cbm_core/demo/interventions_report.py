@@ -21,7 +21,7 @@ import torch
 from ..adaptation import adaptation_sweep
 from ..backbone import load_backbone
 from ..bundle import load_bundle
-from ..evaluation import evaluate
+from ..analysis.evaluation import evaluate
 from ..propagation import ConceptDependencies
 from ..tti import POLICIES, intervention_curve, tune_coop
 from .build_supervised import SHIPPED_SHIFTED, fit_supervised
@@ -286,7 +286,7 @@ alongside the model, which this tool does not do; CooP (Chauhan et al., 2023) is
 
 How the pieces work: `cbm_core/recipes/supervised.py` (the recipe, its joint objective and calibration),
 `cbm_core/tti.py` (answers, policies, curves), `cbm_core/propagation.py` (dependencies and the posterior),
-`cbm_core/adaptation.py` (masks and amplifications, evidence and search), `cbm_core/edits.py`
+`cbm_core/adaptation.py` (masks and amplifications, evidence and search), `cbm_core/analysis/edits.py`
 (`adapt_concepts`, the `adapt` edit-log entry, replay).
 """
 

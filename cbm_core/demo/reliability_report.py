@@ -34,7 +34,7 @@ from ..explain.audit import LEAKAGE_LIMIT, concept_audit, verdict_of, with_audit
 from ..bundle import load_bundle
 from ..explain.concept_metrics import existence_rate, pointing_game, with_pointing
 from ..explain.paraphrase import name_stability, text_layer, with_name_stability
-from ..pipeline import MAP_METHODS, Pipeline
+from ..explain.pipeline import MAP_METHODS, Pipeline
 from ..explain.reliability import (PresenceCalibration, auroc, expected_calibration_error, extreme_concepts, fit_reliability,
                            labels_in_model_order, location_scores, maps_on_input, ood_reference)
 from .ood_proxies import KINDS, proxy_images

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from ..backbone import load_backbone
-from ..saliency import DenseConceptMaps, GradCAM, LayerCAM, Occlusion, SaliencyMaps
+from ..explain.saliency import DenseConceptMaps, GradCAM, LayerCAM, Occlusion, SaliencyMaps
 from .train_clip import CONCEPT_TEMPLATE, IMAGE_SIZE
 from .world import CONCEPT_PART, concept_mask, render, sample_bird
 

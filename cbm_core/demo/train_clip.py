@@ -344,7 +344,7 @@ def grounding_loss(visual, pixels: torch.Tensor, cover: torch.Tensor, text: torc
     ``cover`` (B, h, w) in [0, 1]. Returns (-log of the share on the part, averaged; that share)."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    from ..saliency import resnet_tail, resnet_trunk
+    from ..explain.saliency import resnet_tail, resnet_trunk
 
     act = resnet_trunk(visual, pixels, stage)
     with sdpa_kernel(SDPBackend.MATH):  # the fused CPU attention kernel has no double backward

@@ -166,7 +166,7 @@ def pointing_game(pipe, items: Iterable[tuple[str, object, dict]], method: str |
     import pandas as pd
 
     from ..errors import ImageError
-    from ..overlay import seen_region
+    from .overlay import seen_region
 
     method = pipe.check_map_method(method)
     known = set(pipe.model.concepts.names)

@@ -569,7 +569,7 @@ class LocationScore:
 def input_maps(pipe, encoded, concepts: Sequence[str], method: str | None = None) -> torch.Tensor:
     """Concept maps of one encoded image on the model's input pixels (K, H, W) — before any undoing of
     the resize and crop — the same maps ``Pipeline.saliency`` aligns to the picture."""
-    from ..saliency import interpolate
+    from .saliency import interpolate
 
     maps = pipe.concept_maps(encoded, method, concepts)
     return interpolate(maps.maps, tuple(encoded.pixels.shape[-2:]))[0]
@@ -594,8 +594,8 @@ def maps_on_input(aligned: torch.Tensor, image_size: tuple[int, int], resize_mod
     """Undo ``SaliencyMaps.to_image``: maps aligned to a picture of ``image_size`` (W, H), drawn at any
     size, (K, h, w) -> the same maps on the model's input pixels (K, H_in, W_in), so that location
     scores reuse the maps a page already drew instead of computing them again."""
-    from ..overlay import seen_region
-    from ..saliency import interpolate
+    from .overlay import seen_region
+    from .saliency import interpolate
 
     K, h, w = aligned.shape
     left, top, width, height = seen_region(image_size, resize_mode, (w, h))

@@ -29,12 +29,12 @@ from typing import Mapping, Sequence
 import torch
 
 from .. import __version__
-from ..counterfactual import counterfactual as find_counterfactual
+from ..explain.counterfactual import counterfactual as find_counterfactual
 from ..errors import CBMError, ImageError
-from ..explain_text import concept_directions, label_from_filename
+from ..explain.wording import concept_directions, label_from_filename
 from ..images import load_image, read_image_bytes
 from ..interventions import Intervention
-from ..overlay import colormap, seen_region
+from ..explain.overlay import colormap, seen_region
 from . import browser, figures, tables
 
 _CSS = Path(__file__).with_name("report.css")
@@ -287,7 +287,7 @@ def _read_images(pipeline, images) -> tuple[list[_Image], list[tuple[str, str]]]
 
 
 def _resolve_concepts(model, names: Sequence[str], what: str) -> list[str]:
-    from ..edits import _resolve
+    from ..analysis.edits import _resolve
 
     return list(dict.fromkeys(_resolve(n, list(model.concepts.names), what) for n in names))
 
@@ -694,7 +694,7 @@ def model_card(model, *, evaluation=None, evaluation_name: str | None = None, co
 
 
 def _model_card_body(model, figs, evaluation, evaluation_name, comparison, base, heading_level: str = "") -> str:
-    from ..evaluation import evaluate
+    from ..analysis.evaluation import evaluate
 
     out = []
     if heading_level == "section":
@@ -859,8 +859,8 @@ def _edit_log_section(model, evaluation, evaluation_name, base) -> str:
 
 def _replay_impacts(model, base, evaluation) -> dict:
     """{edit index: (before Metrics, after Metrics)} for the edits made on ``base``, replayed and measured."""
-    from ..edits import replay
-    from ..evaluation import evaluate
+    from ..analysis.edits import replay
+    from ..analysis.evaluation import evaluate
 
     if base is None or evaluation is None:
         return {}
@@ -907,7 +907,7 @@ def _impact_text(entry, replayed, data, measure_last: bool, model, evaluation) -
         if recorded:
             parts.append("recorded before: " + ", ".join(recorded))
         if measure_last:
-            from ..evaluation import evaluate
+            from ..analysis.evaluation import evaluate
 
             now = evaluate(model, evaluation.embeddings, evaluation.labels, evaluation.groups)
             text = f"this model now, on {data}: accuracy {now.accuracy:.1%}"
@@ -918,7 +918,7 @@ def _impact_text(entry, replayed, data, measure_last: bool, model, evaluation) -
 
 
 def _comparison_section(comparison, figs) -> str:
-    from ..explain_text import baseline_verdict
+    from ..explain.wording import baseline_verdict
 
     frame = tables.comparison_table(comparison)
     acc_cols = [c for c in frame.columns if "accuracy" in c or c == "worst group"]

@@ -21,7 +21,7 @@ import html
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..explain_text import DIRECTIONS
+from ..explain.wording import DIRECTIONS
 
 if TYPE_CHECKING:  # plotly is imported when a figure is drawn, so `import cbm_core` stays light
     import plotly.graph_objects as go
@@ -254,7 +254,7 @@ def overlay_picture(picture, saliency, region: tuple[int, int, int, int] | None 
     ``overlay.seen_region``) and outlined when that is not the whole picture. Returns an RGB image."""
     from PIL import Image, ImageDraw
 
-    from ..overlay import heat_layer
+    from ..explain.overlay import heat_layer
 
     layer = heat_layer(saliency, region)
     alpha = layer.getchannel("A").point(lambda a: round(a * opacity))

@@ -16,8 +16,8 @@ from typing import Mapping, Sequence
 
 import torch
 
-from .errors import ConceptError
-from .model import ConceptBottleneckModel
+from ..errors import ConceptError
+from ..model import ConceptBottleneckModel
 
 
 @dataclass(frozen=True)

@@ -20,12 +20,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 
-from .data import FeatureSet
-from .errors import RecipeError
+from ..data import FeatureSet
+from ..errors import RecipeError
 from .evaluation import evaluate
-from .model import ConceptBottleneckModel
-from .recipes import PathPoint, RecipeInputs, get_recipe
-from .recipes.elastic_net import truncate_to_nec
+from ..model import ConceptBottleneckModel
+from ..recipes import PathPoint, RecipeInputs, get_recipe
+from ..recipes.elastic_net import truncate_to_nec
 
 DEFAULT_BASELINES = ("linear-probe", "random-concepts", "zero-shot")
 

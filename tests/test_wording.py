@@ -3,7 +3,7 @@ import torch
 
 
 from cbm_core import DIRECTIONS, Explanation, concept_directions, direction, label_from_filename
-from cbm_core.explain_text import ABSENT_AGAINST, ABSENT_FOR, NO_EFFECT, PRESENT_AGAINST, PRESENT_FOR
+from cbm_core.explain.wording import ABSENT_AGAINST, ABSENT_FOR, NO_EFFECT, PRESENT_AGAINST, PRESENT_FOR
 
 
 def test_the_four_directions_follow_the_signs_of_score_and_contribution():

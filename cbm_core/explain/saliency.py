@@ -25,8 +25,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .backbone import Backbone
-from .concept_layer import ConceptLayer, TextCosine
+from ..backbone import Backbone
+from ..concept_layer import ConceptLayer, TextCosine
 
 
 def as_layer(concepts: "ConceptLayer | torch.Tensor") -> ConceptLayer:
