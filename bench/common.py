@@ -57,7 +57,7 @@ def random_cbm(K: int, C: int, D: int = 512, backbone_spec: str = "bench:random"
     """A CBM with random unit concept vectors, a 5 %-dense head and stats from random embeddings:
     timing only."""
     from cbm_core import ConceptBank, ConceptBottleneckModel, ConceptStats
-    from cbm_core.concept_layer import TextCosine
+    from cbm_core.core.concept_layer import TextCosine
 
     g = torch.Generator().manual_seed(0)
     vectors = torch.nn.functional.normalize(torch.randn(K, D, generator=g), dim=1)

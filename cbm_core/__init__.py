@@ -12,8 +12,8 @@
 __version__ = "0.1.0"
 
 from .backbone import Backbone, ImageEncoding, load_backbone, register_model_config
-from .bundle import load_bundle, read_manifest, save_bundle
-from .concepts import ConceptBank, FilterReport
+from .core.bundle import load_bundle, read_manifest, save_bundle
+from .core.concepts import ConceptBank, FilterReport
 from .explain.counterfactual import Counterfactual, counterfactual
 from .data import FeatureSet, ImageDataset, ImageRecord, extract_features
 from .store import FeatureStore, StoreError, write_store
@@ -27,14 +27,14 @@ from .images import decode_image
 from .explain.overlay import overlay
 from .explain.wording import (DIRECTIONS, EditSummary, baseline_verdict, concept_directions, describe_edit,
                               direction, label_from_filename)
-from .interventions import ConceptChange, Intervention
-from .model import ConceptBottleneckModel, ConceptStats, Explanation
+from .core.interventions import ConceptChange, Intervention
+from .core.model import ConceptBottleneckModel, ConceptStats, Explanation
 from .explain.head_slice import HeadSlice
 from .explain.pipeline import EncodedImage, EncodingCache, Pipeline
 from .recipes import PCBM, PathPoint, regularization_path
 from .build import BuildResult, build_cbm
 from .analysis.comparison import Comparison, compare_recipes
-from .concept_layer import ConceptLayer, LinearProjection, SparseAutoencoderEncoder, TextCosine
+from .core.concept_layer import ConceptLayer, LinearProjection, SparseAutoencoderEncoder, TextCosine
 from .recipes import Param, Recipe, RecipeInputs, get_recipe, list_recipes, register_recipe
 from .explain.saliency import DenseConceptMaps, GradCAM, LayerCAM, Occlusion, SaliencyMaps, class_maps
 from .recipes.supervised import SupervisedCBM

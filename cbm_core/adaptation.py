@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from .analysis.edits import EditResult, adapt_concepts
 from .errors import CBMError
-from .model import ConceptBottleneckModel
+from .core.model import ConceptBottleneckModel
 
 FACTORS = (1.5, 2.0, 3.0)
 

@@ -291,7 +291,7 @@ class Backbone:
 
     def embed_prompts(self, names: Sequence[str], templates: Sequence[str] = ("{}",)) -> torch.Tensor:
         """Text vectors for ``names``, (K, D): each template filled, embedded, averaged, re-normalised."""
-        from .concepts import check_templates
+        from .core.concepts import check_templates
 
         templates = list(check_templates(templates))
         texts = [t.format(n) for n in names for t in templates]

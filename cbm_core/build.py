@@ -14,11 +14,11 @@ from typing import Callable, Sequence
 import torch
 
 from .backbone import Backbone
-from .concepts import ConceptBank, FilterReport, check_templates
+from .core.concepts import ConceptBank, FilterReport, check_templates
 from .data import FeatureSet, ImageDataset, extract_features
 from .errors import DatasetError
 from .analysis.evaluation import Metrics, evaluate
-from .model import ConceptBottleneckModel
+from .core.model import ConceptBottleneckModel
 from .recipes import PathPoint, RecipeInputs, get_recipe
 
 Progress = Callable[[str, float], None]

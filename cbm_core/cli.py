@@ -74,8 +74,8 @@ class _StageBars:
 def cmd_build(args) -> None:
     from .backbone import load_backbone
     from .build import build_cbm
-    from .bundle import bundle_exists
-    from .concepts import ConceptBank, check_templates, load_candidate_pool, load_vocabulary
+    from .core.bundle import bundle_exists
+    from .core.concepts import ConceptBank, check_templates, load_candidate_pool, load_vocabulary
     from .images import printable
     from .recipes import get_recipe
 
@@ -130,7 +130,7 @@ MAX_INTERVENTION_BYTES = 1024 * 1024  # a hand-written or exported change list; 
 
 def _read_intervention(path: str):
     """An intervention file, or a CBMError naming it: missing, not a file, too big, not UTF-8 JSON."""
-    from .interventions import Intervention
+    from .core.interventions import Intervention
 
     p = Path(path)
     try:
@@ -212,7 +212,7 @@ def cmd_predict(args) -> None:
 
 
 def cmd_evaluate(args) -> None:
-    from .bundle import load_bundle
+    from .core.bundle import load_bundle
     from .analysis.evaluation import evaluate
 
     model = load_bundle(args.bundle)
@@ -230,7 +230,7 @@ def _check_classes(model, data) -> None:
 
 
 def cmd_edit(args) -> None:
-    from .bundle import bundle_exists, load_bundle
+    from .core.bundle import bundle_exists, load_bundle
     from .analysis.edits import prune_concepts
     from .analysis.evaluation import compare
 
@@ -251,7 +251,7 @@ def cmd_edit(args) -> None:
 def cmd_compare(args) -> None:
     from .backbone import load_backbone
     from .analysis.comparison import DEFAULT_BASELINES, compare_recipes, stratified_split
-    from .concepts import ConceptBank, check_templates, load_candidate_pool, load_vocabulary
+    from .core.concepts import ConceptBank, check_templates, load_candidate_pool, load_vocabulary
     from .data import extract_features
     from .recipes import RecipeInputs, get_recipe
 
@@ -301,7 +301,7 @@ def cmd_compare(args) -> None:
 
 
 def cmd_info(args) -> None:
-    from .bundle import load_bundle
+    from .core.bundle import load_bundle
     from .explain.reliability import summarize_stored
 
     model = load_bundle(args.bundle)
@@ -359,7 +359,7 @@ def _labelled_features(model, args, data: str, split: str | None):
 
 
 def cmd_intervene_curve(args) -> None:
-    from .bundle import load_bundle
+    from .core.bundle import load_bundle
     from .propagation import ConceptDependencies
     from .tti import intervention_curve, tune_coop
 
@@ -395,7 +395,7 @@ def cmd_intervene_curve(args) -> None:
 
 def cmd_adapt(args) -> None:
     from .adaptation import AdaptationError, few_shot, propose_adaptation
-    from .bundle import bundle_exists, load_bundle
+    from .core.bundle import bundle_exists, load_bundle
     from .analysis.evaluation import evaluate
 
     if bundle_exists(args.out) and not args.overwrite:  # before any slow step
@@ -508,7 +508,7 @@ def cmd_report(args) -> None:
             raise CBMError(f"--saliency {args.saliency}: this model's {pipe.backbone.kind} tower offers "
                            f"{', '.join(pipe.map_methods())}.")
     else:
-        from .bundle import load_bundle
+        from .core.bundle import load_bundle
 
         model = load_bundle(args.bundle)
     evaluation, trust = None, None

@@ -124,7 +124,7 @@ def stats_from_source(names: Sequence[str], scores: FeatureSource, chunk: int = 
     """``ConceptStats`` of raw training scores held in a source: mean and std exact over every row;
     the 101 percentiles from ``sample_rows`` (every row when there are at most ``sample_cap``, where
     the result equals ``ConceptStats.from_scores``), with the 0th and 100th set to the exact min and max."""
-    from .stats import QUANTILE_LEVELS, ConceptStats
+    from .core.stats import QUANTILE_LEVELS, ConceptStats
 
     s = column_stats(scores, chunk)
     sample = scores.take(sample_rows(len(scores), sample_cap)).float()

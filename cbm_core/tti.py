@@ -39,10 +39,10 @@ from typing import Mapping, Sequence
 
 import torch
 
-from .concept_layer import LinearProjection
+from .core.concept_layer import LinearProjection
 from .errors import CBMError
-from .interventions import Intervention
-from .model import ConceptBottleneckModel
+from .core.interventions import Intervention
+from .core.model import ConceptBottleneckModel
 
 ANSWERS = ("present", "absent", "unsure")
 POLICIES = ("random", "uncertainty", "expected_change", "coop")

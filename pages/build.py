@@ -10,7 +10,7 @@ import pandas as pd
 import streamlit as st
 
 from cbm_core import BundleError, CBMError, ConceptBank, ImageDataset, build_cbm
-from cbm_core.concepts import load_candidate_pool, load_vocabulary
+from cbm_core.core.concepts import load_candidate_pool, load_vocabulary
 from cbm_core.demo.paths import TOYBIRDS_POOL, TOYBIRDS_VOCABULARY
 from cbm_core.recipes import get_recipe
 from cbm_core.demo.world import CONCEPTS, export

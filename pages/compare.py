@@ -9,7 +9,7 @@ import streamlit as st
 
 from cbm_core import CBMError, ConceptBank, ImageDataset, extract_features
 from cbm_core.analysis.comparison import DEFAULT_BASELINES, compare_recipes, stratified_split
-from cbm_core.concepts import load_candidate_pool, load_vocabulary
+from cbm_core.core.concepts import load_candidate_pool, load_vocabulary
 from cbm_core.demo.paths import TOYBIRDS_POOL, TOYBIRDS_VOCABULARY
 from cbm_core.demo.splits import CONCEPT_TEMPLATE, toybirds_features
 from cbm_core.demo.world import CONCEPTS

@@ -43,9 +43,9 @@ def tiny_rn(tiny_configs):
 
 def make_model(residual: bool = False, seed: int = 0):
     """A hand-built CBM (K=4 concepts, C=3 classes, D=6) with known weights and stats."""
-    from cbm_core.concept_layer import TextCosine
-    from cbm_core.concepts import ConceptBank
-    from cbm_core.model import ConceptBottleneckModel, ConceptStats
+    from cbm_core.core.concept_layer import TextCosine
+    from cbm_core.core.concepts import ConceptBank
+    from cbm_core.core.model import ConceptBottleneckModel, ConceptStats
 
     g = torch.Generator().manual_seed(seed)
     vectors = torch.nn.functional.normalize(torch.randn(4, 6, generator=g), dim=1)

@@ -6,12 +6,12 @@ import torch
 
 from cbm_core import load_bundle, replay
 from cbm_core.adaptation import AdaptationError, few_shot, propose_adaptation
-from cbm_core.concept_layer import LinearProjection
-from cbm_core.concepts import ConceptBank
+from cbm_core.core.concept_layer import LinearProjection
+from cbm_core.core.concepts import ConceptBank
 from cbm_core.analysis.edits import adapt_concepts
 from cbm_core.errors import ConceptError
 from cbm_core.analysis.evaluation import evaluate
-from cbm_core.model import ConceptBottleneckModel, ConceptStats
+from cbm_core.core.model import ConceptBottleneckModel, ConceptStats
 
 NAMES = ("red crown", "long beak", "purple cast", "striped wing")
 

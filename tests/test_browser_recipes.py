@@ -6,7 +6,7 @@ import pytest
 
 from cbm_core import Intervention, Pipeline, get_recipe
 from cbm_core.analysis.comparison import stratified_split
-from cbm_core.concepts import ConceptBank
+from cbm_core.core.concepts import ConceptBank
 from cbm_core.demo.paths import SAMPLES_DIR, load_demo_features
 from cbm_core.demo.splits import CONCEPT_TEMPLATE
 from cbm_core.demo.world import CONCEPTS, SPECIES_NAMES

@@ -5,7 +5,7 @@ import zipfile
 import pytest
 import torch
 
-from cbm_core.bundle import FORMAT_VERSION, load_bundle, read_manifest, save_bundle, _canonical, _sha
+from cbm_core.core.bundle import FORMAT_VERSION, load_bundle, read_manifest, save_bundle, _canonical, _sha
 from cbm_core.analysis.edits import prune_concepts
 from cbm_core.errors import BundleError
 from conftest import make_model

@@ -10,12 +10,12 @@ import torch.nn.functional as F
 
 from cbm_core import (HeadSlice, Intervention, Pipeline, counterfactual, evaluate, load_bundle, prune_concepts,
                       save_bundle)
-from cbm_core.bundle import _canonical, _sha
-from cbm_core.concept_layer import (LAYER_KINDS, LinearProjection, SparseAutoencoderEncoder, TextCosine,
+from cbm_core.core.bundle import _canonical, _sha
+from cbm_core.core.concept_layer import (LAYER_KINDS, LinearProjection, SparseAutoencoderEncoder, TextCosine,
                                     layer_from_parts)
-from cbm_core.concepts import ConceptBank
+from cbm_core.core.concepts import ConceptBank
 from cbm_core.demo.paths import DEMO_BUNDLE
-from cbm_core.model import ConceptBottleneckModel, ConceptStats
+from cbm_core.core.model import ConceptBottleneckModel, ConceptStats
 from cbm_core.explain.saliency import DenseConceptMaps, GradCAM
 
 K, C, D = 5, 3, 32
@@ -166,7 +166,7 @@ def test_pipeline_saliency_runs_for_every_kind(kind, tiny_vit):
 
 def test_the_demo_bundle_is_the_current_format_and_loads():
     """(Version 1 bundles, which the demo shipped until 2026-12-01, load too: the test below.)"""
-    from cbm_core.bundle import FORMAT_VERSION
+    from cbm_core.core.bundle import FORMAT_VERSION
 
     manifest = json.loads((DEMO_BUNDLE / "manifest.json").read_text())
     assert manifest["format_version"] == FORMAT_VERSION

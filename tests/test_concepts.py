@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from cbm_core.concepts import ConceptBank
+from cbm_core.core.concepts import ConceptBank
 from cbm_core.errors import ConceptError
 
 

@@ -1,10 +1,10 @@
 import torch
 
-from cbm_core.concepts import ConceptBank
+from cbm_core.core.concepts import ConceptBank
 from cbm_core.analysis.baselines import random_concept_baseline
-from cbm_core.concept_layer import TextCosine
+from cbm_core.core.concept_layer import TextCosine
 from cbm_core.analysis.evaluation import confusion_matrix, cooccurrence_warnings
-from cbm_core.model import ConceptBottleneckModel, ConceptStats
+from cbm_core.core.model import ConceptBottleneckModel, ConceptStats
 
 
 def test_confusion_matrix_counts(hand_model):

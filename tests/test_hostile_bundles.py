@@ -16,7 +16,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from cbm_core import Pipeline, load_bundle, save_bundle
-from cbm_core.bundle import _canonical, _sha
+from cbm_core.core.bundle import _canonical, _sha
 from cbm_core.errors import BundleError, CBMError, UntrustedBackboneError
 from conftest import make_model
 

@@ -3,7 +3,7 @@ import torch
 
 from cbm_core.explain.counterfactual import counterfactual
 from cbm_core.errors import InterventionError
-from cbm_core.interventions import Intervention
+from cbm_core.core.interventions import Intervention
 from conftest import make_model
 
 

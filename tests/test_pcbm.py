@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cbm_core.concepts import ConceptBank
+from cbm_core.core.concepts import ConceptBank
 from cbm_core.recipes import PCBM
 from cbm_core.recipes.elastic_net import fit_elastic_net, lambda_max, regularization_path
 

@@ -3,11 +3,11 @@ import io
 import pytest
 import torch
 
-from cbm_core.concept_layer import TextCosine
-from cbm_core.concepts import ConceptBank
+from cbm_core.core.concept_layer import TextCosine
+from cbm_core.core.concepts import ConceptBank
 from cbm_core.errors import BackboneError, ImageError
-from cbm_core.interventions import Intervention
-from cbm_core.model import ConceptBottleneckModel, ConceptStats
+from cbm_core.core.interventions import Intervention
+from cbm_core.core.model import ConceptBottleneckModel, ConceptStats
 from cbm_core.explain.pipeline import Pipeline
 from helpers import shape_image
 

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from cbm_core import load_bundle, save_bundle
-from cbm_core.concepts import ConceptBank
+from cbm_core.core.concepts import ConceptBank
 from cbm_core.errors import RecipeError
 from cbm_core.recipes import RecipeInputs, get_recipe
 from cbm_core.recipes.label_free import (LabelFreeCBM, cos_cubed_loss, cos_cubed_similarity, top5_activation,

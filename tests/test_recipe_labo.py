@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 
 from cbm_core.build import build_cbm
-from cbm_core.bundle import load_bundle, save_bundle
+from cbm_core.core.bundle import load_bundle, save_bundle
 from cbm_core.data import ImageDataset
 from cbm_core.errors import RecipeError
-from cbm_core.model import ConceptStats
+from cbm_core.core.model import ConceptStats
 from cbm_core.recipes import RecipeInputs, get_recipe
 from cbm_core.recipes.labo import (LaBo, association_to_head, class_similarity, discriminability, greedy_select,
                                    selection_objective)

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from cbm_core.build import build_cbm
-from cbm_core.bundle import load_bundle, save_bundle
-from cbm_core.concepts import ConceptBank
+from cbm_core.core.bundle import load_bundle, save_bundle
+from cbm_core.core.concepts import ConceptBank
 from cbm_core.data import ImageDataset
 from cbm_core.errors import RecipeError
 from cbm_core.explain.pipeline import Pipeline

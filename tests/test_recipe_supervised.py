@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from cbm_core import load_bundle, prune_concepts
-from cbm_core.concept_layer import LinearProjection
+from cbm_core.core.concept_layer import LinearProjection
 from cbm_core.errors import RecipeError
 from cbm_core.recipes import SupervisedCBM
 from cbm_core.recipes.supervised import (auroc, concept_report, expected_calibration_error, fit_calibration,

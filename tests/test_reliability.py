@@ -15,14 +15,14 @@ from cbm_core import CBMError, Pipeline, load_bundle, prune_concepts
 from cbm_core.explain import reliability as rel
 from cbm_core.explain.atlas import atlas_images, atlas_index, concept_atlas
 from cbm_core.explain.audit import LEAKAGE_LIMIT, concept_audit, stored_audit, with_audit
-from cbm_core.concept_layer import TextCosine
-from cbm_core.concepts import ConceptBank
+from cbm_core.core.concept_layer import TextCosine
+from cbm_core.core.concepts import ConceptBank
 from cbm_core.demo.ood_proxies import proxy_images, sample_photos
 from cbm_core.demo.paths import DEMO_BUNDLE, load_demo_features
 from cbm_core.demo.reference_images import image_for
 from cbm_core.demo.shifted import SUPERVISED_BUNDLE, load_shifted_features
 from cbm_core.demo.world import CONCEPTS, render, sample_bird
-from cbm_core.model import ConceptBottleneckModel, ConceptStats
+from cbm_core.core.model import ConceptBottleneckModel, ConceptStats
 from cbm_core.explain.paraphrase import name_stability, paraphrases, with_name_stability
 
 LABEL_NAMES = list(CONCEPTS)

@@ -324,7 +324,7 @@ def test_elastic_net_from_shards_takes_the_in_memory_steps(train_store):
 
 
 def _concepts(dim, k=12, seed=1):
-    from cbm_core.concepts import ConceptBank
+    from cbm_core.core.concepts import ConceptBank
 
     g = torch.Generator().manual_seed(seed)
     vectors = torch.nn.functional.normalize(torch.randn(k, dim, generator=g), dim=1)

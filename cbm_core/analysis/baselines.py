@@ -6,14 +6,14 @@ from __future__ import annotations
 import torch
 
 from .evaluation import evaluate
-from ..model import ConceptBottleneckModel
+from ..core.model import ConceptBottleneckModel
 
 
 def random_concept_baseline(model: ConceptBottleneckModel, train_x: torch.Tensor, train_y: torch.Tensor,
                             test_x: torch.Tensor, test_y: torch.Tensor, seed: int = 0) -> dict:
     """Accuracy of an elastic-net CBM at the model's λ over as many *random* unit directions as
     the model has concepts — what the named concepts must beat by a wide margin to mean anything."""
-    from ..concepts import ConceptBank
+    from ..core.concepts import ConceptBank
     from ..recipes import PCBM
 
     g = torch.Generator().manual_seed(seed)

@@ -23,7 +23,7 @@ from typing import Callable, Mapping, Sequence
 from ..data import FeatureSet
 from ..errors import RecipeError
 from .evaluation import evaluate
-from ..model import ConceptBottleneckModel
+from ..core.model import ConceptBottleneckModel
 from ..recipes import PathPoint, RecipeInputs, get_recipe
 from ..recipes.elastic_net import truncate_to_nec
 

@@ -17,7 +17,7 @@ from typing import Mapping, Sequence
 import torch
 
 from ..errors import ConceptError
-from ..model import ConceptBottleneckModel
+from ..core.model import ConceptBottleneckModel
 
 
 @dataclass(frozen=True)

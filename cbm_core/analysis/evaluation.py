@@ -7,7 +7,7 @@ from typing import Sequence
 
 import torch
 
-from ..model import ConceptBottleneckModel
+from ..core.model import ConceptBottleneckModel
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import save_file
 
 from ..backbone import load_backbone
-from ..concepts import ConceptBank
+from ..core.concepts import ConceptBank
 from ..analysis.edits import prune_concepts
 from ..analysis.evaluation import evaluate
 from ..recipes.pcbm import PCBM

@@ -20,7 +20,7 @@ import torch
 
 from ..backbone import load_backbone
 from ..analysis.comparison import compare_recipes
-from ..concepts import ConceptBank, load_candidate_pool, load_vocabulary
+from ..core.concepts import ConceptBank, load_candidate_pool, load_vocabulary
 from ..analysis.edits import prune_concepts
 from ..analysis.evaluation import evaluate
 from ..recipes import RecipeInputs, get_recipe, list_recipes

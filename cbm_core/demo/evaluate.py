@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from ..backbone import load_backbone
-from ..bundle import load_bundle
+from ..core.bundle import load_bundle
 from ..analysis.edits import prune_concepts
 from ..analysis.evaluation import evaluate
 from .build_bundle import (DEMO_BUNDLE, DEMO_LAM, MIN_PRUNING_GAIN, SPLIT_SIZES, ToyBirds, choose_lam, encode_split,

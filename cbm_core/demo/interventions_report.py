@@ -20,7 +20,7 @@ import torch
 
 from ..adaptation import adaptation_sweep
 from ..backbone import load_backbone
-from ..bundle import load_bundle
+from ..core.bundle import load_bundle
 from ..analysis.evaluation import evaluate
 from ..propagation import ConceptDependencies
 from ..tti import POLICIES, intervention_curve, tune_coop

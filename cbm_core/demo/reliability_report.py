@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from ..explain.audit import LEAKAGE_LIMIT, concept_audit, verdict_of, with_audit
-from ..bundle import load_bundle
+from ..core.bundle import load_bundle
 from ..explain.concept_metrics import existence_rate, pointing_game, with_pointing
 from ..explain.paraphrase import name_stability, text_layer, with_name_stability
 from ..explain.pipeline import MAP_METHODS, Pipeline
@@ -133,7 +133,7 @@ def store_fits(path: Path, model) -> None:
     format version, the tensors and everything else stay as they are — the PCBM demo bundle is kept at
     format 1 on purpose, as the proof that old bundles still load — and the manifest checksum is
     recomputed. The bundle must load back with the fits."""
-    from ..bundle import _canonical, _sha  # the checksum exactly as bundle.py writes and checks it
+    from ..core.bundle import _canonical, _sha  # the checksum exactly as bundle.py writes and checks it
 
     manifest_path = Path(path) / "manifest.json"
     manifest = json.loads(manifest_path.read_text())

@@ -18,7 +18,7 @@ from typing import Callable
 
 import torch
 
-from ..model import ConceptBottleneckModel
+from ..core.model import ConceptBottleneckModel
 
 
 @dataclass(frozen=True)

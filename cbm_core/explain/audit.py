@@ -39,7 +39,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from ..model import ConceptBottleneckModel
+from ..core.model import ConceptBottleneckModel
 
 AUDIT_KEY = "concept_audit"
 BYPASS_MARGIN = 0.10  # accuracy above chance with every concept absent that counts as a bypass
@@ -224,7 +224,7 @@ def concept_audit(model: ConceptBottleneckModel, fit_on, test_on, *, backbone=No
     ``fit_on``, everything is measured on ``test_on``). ``backbone``: for the shuffled-names control
     (text-cosine layers). ``test_concept_labels``: (N, K) in the model's concept order, NaN unknown.
     ``controls=False`` skips the matched-NEC refits (the slow part: three regularisation paths)."""
-    from ..concept_layer import TextCosine
+    from ..core.concept_layer import TextCosine
     from .reliability import auroc, presence_calibration
     from ..tti import answer_values
 

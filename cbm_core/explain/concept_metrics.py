@@ -20,7 +20,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import torch
 
-from ..model import ConceptBottleneckModel
+from ..core.model import ConceptBottleneckModel
 
 TOP_K = 5
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..interventions import Intervention
-from ..model import ConceptBottleneckModel
+from ..core.interventions import Intervention
+from ..core.model import ConceptBottleneckModel
 
 
 @dataclass(frozen=True)

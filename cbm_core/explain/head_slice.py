@@ -17,8 +17,8 @@ from typing import Mapping, Sequence
 
 import torch
 
-from ..interventions import Intervention
-from ..model import ConceptBottleneckModel
+from ..core.interventions import Intervention
+from ..core.model import ConceptBottleneckModel
 
 
 @dataclass(frozen=True, eq=False)

@@ -28,9 +28,9 @@ from typing import Sequence
 
 import torch
 
-from ..concept_layer import TextCosine
+from ..core.concept_layer import TextCosine
 from ..errors import CBMError
-from ..model import ConceptBottleneckModel
+from ..core.model import ConceptBottleneckModel
 
 GENERIC = ("a photo of {}.", "an image showing {}.")
 FRAGILE_BELOW = 0.90

@@ -14,11 +14,11 @@ from typing import Sequence
 import torch
 
 from ..backbone import Backbone, ImageEncoding, load_backbone, spec_needs_trust
-from ..bundle import load_bundle
+from ..core.bundle import load_bundle
 from ..errors import BackboneError, SaliencyError, UntrustedBackboneError
 from ..images import ImageSource, image_digest, load_image, read_image_bytes
-from ..interventions import Intervention
-from ..model import ConceptBottleneckModel, Explanation
+from ..core.interventions import Intervention
+from ..core.model import ConceptBottleneckModel, Explanation
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,7 @@ from typing import Sequence
 
 import torch
 
-from ..model import ConceptBottleneckModel, ConceptStats, Explanation
+from ..core.model import ConceptBottleneckModel, ConceptStats, Explanation
 
 PRESENCE_KEY = "concept_presence"
 OOD_KEY = "ood_reference"

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from ..backbone import Backbone
-from ..concept_layer import ConceptLayer, TextCosine
+from ..core.concept_layer import ConceptLayer, TextCosine
 
 
 def as_layer(concepts: "ConceptLayer | torch.Tensor") -> ConceptLayer:

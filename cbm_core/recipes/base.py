@@ -26,9 +26,9 @@ from typing import Any, Callable, ClassVar, Sequence
 
 import torch
 
-from ..concepts import ConceptBank
+from ..core.concepts import ConceptBank
 from ..errors import RecipeError
-from ..stats import ConceptStats
+from ..core.stats import ConceptStats
 
 # What a recipe may need besides embeddings; ``RecipeInputs`` carries each.
 NEEDS = {

@@ -13,9 +13,9 @@ from typing import Sequence
 
 import torch
 
-from ..concept_layer import LinearProjection, TextCosine
-from ..concepts import ConceptBank
-from ..model import ConceptBottleneckModel
+from ..core.concept_layer import LinearProjection, TextCosine
+from ..core.concepts import ConceptBank
+from ..core.model import ConceptBottleneckModel
 from .base import (Param, Recipe, RecipeInputs, check_finite_fit, check_training_data, created_info, pick_device,
                    register_recipe, standardized)
 from .elastic_net import accuracy, fit_elastic_net, regularization_path

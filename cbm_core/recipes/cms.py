@@ -32,10 +32,10 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from ..concept_layer import TextCosine
-from ..concepts import ConceptBank
+from ..core.concept_layer import TextCosine
+from ..core.concepts import ConceptBank
 from ..errors import RecipeError
-from ..model import ConceptBottleneckModel
+from ..core.model import ConceptBottleneckModel
 from .base import (Param, Recipe, RecipeInputs, check_finite_fit, check_training_data, created_info, pick_device,
                    register_recipe, standardized)
 from .elastic_net import accuracy, nec_path

@@ -44,10 +44,10 @@ from typing import Sequence
 
 import torch
 
-from ..concept_layer import SparseAutoencoderEncoder
-from ..concepts import ConceptBank
+from ..core.concept_layer import SparseAutoencoderEncoder
+from ..core.concepts import ConceptBank
 from ..errors import RecipeError
-from ..model import ConceptBottleneckModel
+from ..core.model import ConceptBottleneckModel
 from .base import (Param, Recipe, RecipeInputs, check_finite_fit, check_labels, created_info, pick_device,
                    fit_head, layer_standardized, register_recipe)
 from ..sources import (column_stats, is_source, source_key)

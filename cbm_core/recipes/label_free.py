@@ -67,10 +67,10 @@ from typing import Sequence
 
 import torch
 
-from ..concept_layer import LinearProjection
-from ..concepts import ConceptBank, FilterReport
+from ..core.concept_layer import LinearProjection
+from ..core.concepts import ConceptBank, FilterReport
 from ..errors import RecipeError
-from ..model import ConceptBottleneckModel
+from ..core.model import ConceptBottleneckModel
 from .base import (Param, Recipe, RecipeInputs, check_finite_fit, check_labels, created_info, pick_device,
                    fit_head, layer_standardized, register_recipe)
 from ..sources import (MappedSource, RowsSource, column_stats, column_top, is_source,

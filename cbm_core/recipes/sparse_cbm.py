@@ -37,9 +37,9 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from ..concept_layer import LinearProjection
-from ..concepts import ConceptBank
-from ..model import ConceptBottleneckModel
+from ..core.concept_layer import LinearProjection
+from ..core.concepts import ConceptBank
+from ..core.model import ConceptBottleneckModel
 from .base import (Param, Recipe, RecipeInputs, check_finite_fit, check_training_data, created_info, pick_device,
                    register_recipe, standardized)
 from .elastic_net import accuracy, fit_elastic_net, regularization_path

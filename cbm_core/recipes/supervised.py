@@ -44,14 +44,14 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from ..concept_layer import LinearProjection
-from ..concepts import ConceptBank
+from ..core.concept_layer import LinearProjection
+from ..core.concepts import ConceptBank
 from ..errors import RecipeError
-from ..model import ConceptBottleneckModel
+from ..core.model import ConceptBottleneckModel
 from .base import (Param, Recipe, RecipeInputs, check_finite_fit, check_training_data, created_info, pick_device,
                    register_recipe)
 from .elastic_net import accuracy, fit_elastic_net, regularization_path
-from ..stats import ConceptStats
+from ..core.stats import ConceptStats
 
 MODES = ("independent", "sequential", "joint")
 CALIBRATIONS = ("platt", "temperature", "none")

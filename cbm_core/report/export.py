@@ -33,7 +33,7 @@ from ..explain.counterfactual import counterfactual as find_counterfactual
 from ..errors import CBMError, ImageError
 from ..explain.wording import concept_directions, label_from_filename
 from ..images import load_image, read_image_bytes
-from ..interventions import Intervention
+from ..core.interventions import Intervention
 from ..explain.overlay import colormap, seen_region
 from . import browser, figures, tables
 
@@ -944,7 +944,7 @@ def _comparison_section(comparison, figs) -> str:
 def _model_fingerprint(model) -> str:
     """The sha256 of the model's tensors as a bundle stores them (the manifest's ``tensors_sha256``),
     shortened: two cards with the same fingerprint describe the same weights."""
-    from ..bundle import MANIFEST, bundle_bytes
+    from ..core.bundle import MANIFEST, bundle_bytes
     from ..errors import BundleError
 
     try:

@@ -17,7 +17,7 @@ import torch
 
 from .concept_layer import ConceptLayer
 from .concepts import ConceptBank
-from .errors import ConceptError
+from ..errors import ConceptError
 from .interventions import Intervention
 from .stats import QUANTILE_LEVELS, ConceptStats  # noqa: F401 (ConceptStats is part of a model)
 

@@ -10,7 +10,7 @@ from typing import Sequence
 
 import torch
 
-from .errors import ConceptError
+from ..errors import ConceptError
 
 QUANTILE_LEVELS = torch.linspace(0.0, 100.0, 101)
 

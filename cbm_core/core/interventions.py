@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Literal
 
 import torch
 
-from .errors import InterventionError
+from ..errors import InterventionError
 
 if TYPE_CHECKING:
     from .stats import ConceptStats

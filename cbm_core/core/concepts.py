@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 
 import torch
 
-from .errors import ConceptError
+from ..errors import ConceptError
 
 if TYPE_CHECKING:
-    from .backbone import Backbone
+    from ..backbone import Backbone
 
 MAX_CONCEPT_CHARS = 120
 DEFAULT_TEMPLATES = ("{}",)

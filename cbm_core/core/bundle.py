@@ -40,8 +40,8 @@ from safetensors.torch import save as st_save
 
 from .concept_layer import LAYER_SCHEMA, layer_from_parts
 from .concepts import ConceptBank
-from .errors import BundleError, ConceptError
-from .images import BIDI_CONTROLS
+from ..errors import BundleError, ConceptError
+from ..images import BIDI_CONTROLS
 from .model import ConceptBottleneckModel
 from .stats import ConceptStats
 
@@ -95,7 +95,7 @@ def bundle_bytes(model: ConceptBottleneckModel) -> dict[str, bytes]:
         raise BundleError(f"The model has non-finite numbers (NaN or inf) in {', '.join(bad)}; it was not saved. "
                           f"Refit it (a larger λ or fewer concepts) — a bundle must never carry NaN.")
     tensor_data = st_save(tensors)
-    from . import __version__
+    from .. import __version__
 
     manifest = {
         "format": FORMAT, "format_version": FORMAT_VERSION,
