@@ -35,8 +35,8 @@ from ..core.bundle import load_bundle
 from ..explain.concept_metrics import existence_rate, pointing_game, with_pointing
 from ..explain.paraphrase import name_stability, text_layer, with_name_stability
 from ..explain.pipeline import MAP_METHODS, Pipeline
-from ..explain.reliability import (PresenceCalibration, auroc, expected_calibration_error, extreme_concepts, fit_reliability,
-                           labels_in_model_order, location_scores, maps_on_input, ood_reference)
+from ..explain.reliability import (MAP_VERDICTS, PresenceCalibration, auroc, expected_calibration_error, extreme_concepts,
+                                   fit_reliability, labels_in_model_order, location_scores, maps_on_input, ood_reference)
 from .ood_proxies import KINDS, proxy_images
 from .paths import DEMO_BUNDLE, load_demo_features
 from .reference_images import part_annotations
@@ -117,7 +117,7 @@ def location_measurements(pipe, n_birds: int, method: str | None = None) -> dict
     spec = torch.tensor([f.specificity for _, f in rows])
     conc = torch.tensor([f.concentration for _, f in rows])
     verdicts = {}
-    for v in ("on its evidence", "elsewhere", "spread out"):
+    for v in MAP_VERDICTS:
         sel = [h for h, f in rows if f.verdict == v]
         verdicts[v] = {"maps": len(sel), "pointing_game": float(np.mean(sel)) if sel else None}
     return {"method": method, "n_birds": n_birds, "maps": len(rows), "pointing_game": float(hit.mean()),

@@ -57,6 +57,10 @@ UNUSUAL_PERCENTILE, FOREIGN_PERCENTILE = 95.0, 99.0
 # of the concept's score) by which deleting it must beat deleting the same shape elsewhere.
 TOP_FRACTION = 0.10
 LOCATION_MARGIN = 0.10
+# A map's verdicts. "Not on its evidence" says what the deletion shows: its bright region may well sit on the part
+# (on the demo most such maps do), but the score does not depend on that region more than on any other.
+ON_EVIDENCE, NOT_ON_EVIDENCE, SPREAD_OUT = "on its evidence", "not on its evidence", "spread out"
+MAP_VERDICTS = (ON_EVIDENCE, NOT_ON_EVIDENCE, SPREAD_OUT)
 MAX_REFERENCE_NUMBERS = 32_768  # rank x embedding width kept for the Mahalanobis reference
 
 
@@ -551,12 +555,12 @@ class LocationScore:
     def verdict(self) -> str:
         """``on its evidence`` (deleting the region lowers the score by at least ``LOCATION_MARGIN`` sd
         more than deleting the same shape elsewhere), else ``spread out`` (no region stands out) or
-        ``elsewhere`` (a region stands out, but deleting it matters no more than deleting elsewhere).
+        ``not on its evidence`` (a region stands out, but deleting it matters no more than deleting elsewhere).
         The deletion decides first: dense maps of a coarse tower are smooth (concentration 0.03-0.2 on
         Toy Birds), and a smooth map whose brightest region still carries the evidence is on it."""
         if self.drop > 0 and self.specificity >= LOCATION_MARGIN:
-            return "on its evidence"
-        return "spread out" if self.concentration < 0.05 else "elsewhere"
+            return ON_EVIDENCE
+        return SPREAD_OUT if self.concentration < 0.05 else NOT_ON_EVIDENCE
 
     def sentence(self) -> str:
         """E.g. "map on its evidence (its brightest 10% deleted: -0.82 sd, elsewhere -0.05; 31% concentrated)":
@@ -683,7 +687,7 @@ class ConceptReliability:
         elif not present and p > 0.5:
             flags.append(THERE)
         loc = self.locations.get(self.concepts[k])
-        if map_verdict and loc is not None and loc.verdict != "on its evidence":
+        if map_verdict and loc is not None and loc.verdict != ON_EVIDENCE:
             flags.append(f"map {loc.verdict}")
         if self.fragile[k]:
             flags.append("fragile name")
