@@ -26,9 +26,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import record  # noqa: E402
 from cbm_core import ImageDataset, extract_features, load_backbone  # noqa: E402
-from cbm_core.data import _Decoded, _PixelNormalizer  # noqa: E402
+from cbm_core.data.features import _Decoded, _PixelNormalizer  # noqa: E402
 from cbm_core.demo.world import export  # noqa: E402
-from cbm_core.store import write_store  # noqa: E402
+from cbm_core.data.store import write_store  # noqa: E402
 
 
 def load() -> float:
@@ -57,7 +57,7 @@ def imagenet_like(folder: Path, n: int) -> ImageDataset:
 
     (folder / "bird").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
-    from cbm_core.data import ImageRecord
+    from cbm_core.data.datasets import ImageRecord
 
     records = []
     for i in range(n):

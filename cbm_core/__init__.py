@@ -15,15 +15,16 @@ from .backbone import Backbone, ImageEncoding, load_backbone, register_model_con
 from .core.bundle import load_bundle, read_manifest, save_bundle
 from .core.concepts import ConceptBank, FilterReport
 from .explain.counterfactual import Counterfactual, counterfactual
-from .data import FeatureSet, ImageDataset, ImageRecord, extract_features
-from .store import FeatureStore, StoreError, write_store
-from .sources import FeatureSource, MappedSource, TensorSource
+from .data.datasets import ImageDataset, ImageRecord
+from .data.features import FeatureSet, extract_features
+from .data.store import FeatureStore, StoreError, write_store
+from .data.sources import FeatureSource, MappedSource, TensorSource
 from .analysis.edits import EditResult, adapt_concepts, prune_concepts, replay, set_weight
 from .analysis.baselines import random_concept_baseline
 from .analysis.evaluation import Metrics, compare, confusion_matrix, cooccurrence_warnings, evaluate
 from .errors import (BackboneError, BundleError, CBMError, ConceptError, DatasetError, ImageError,
                      InterventionError, RecipeError, UntrustedBackboneError)
-from .images import decode_image
+from .data.images import decode_image
 from .explain.overlay import overlay
 from .explain.wording import (DIRECTIONS, EditSummary, baseline_verdict, concept_directions, describe_edit,
                               direction, label_from_filename)

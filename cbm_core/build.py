@@ -15,7 +15,8 @@ import torch
 
 from .backbone import Backbone
 from .core.concepts import ConceptBank, FilterReport, check_templates
-from .data import FeatureSet, ImageDataset, extract_features
+from .data.datasets import ImageDataset
+from .data.features import FeatureSet, extract_features
 from .errors import DatasetError
 from .analysis.evaluation import Metrics, evaluate
 from .core.model import ConceptBottleneckModel

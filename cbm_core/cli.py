@@ -24,7 +24,7 @@ from .errors import CBMError
 
 
 def _dataset(path: str, split: str | None, allow_outside: bool = False):
-    from .data import ImageDataset
+    from .data.datasets import ImageDataset
 
     p = Path(path)
     if p.suffix.lower() != ".csv":
@@ -33,8 +33,8 @@ def _dataset(path: str, split: str | None, allow_outside: bool = False):
 
 
 def _features(backbone, dataset, quiet: bool):
-    from .data import extract_features
-    from .images import printable
+    from .data.features import extract_features
+    from .data.images import printable
 
     feats = extract_features(backbone, dataset, progress_bar=not quiet)
     for path, reason in feats.skipped:
@@ -76,7 +76,7 @@ def cmd_build(args) -> None:
     from .build import build_cbm
     from .core.bundle import bundle_exists
     from .core.concepts import ConceptBank, check_templates, load_candidate_pool, load_vocabulary
-    from .images import printable
+    from .data.images import printable
     from .recipes import get_recipe
 
     recipe = get_recipe(args.recipe)
@@ -156,7 +156,7 @@ def _read_intervention(path: str):
 
 def cmd_predict(args) -> None:
     from .errors import ImageError
-    from .images import printable, read_image_bytes
+    from .data.images import printable, read_image_bytes
     from .explain.reliability import reliability
 
     intervention = _read_intervention(args.intervention) if args.intervention else None  # before the slow load
@@ -252,7 +252,7 @@ def cmd_compare(args) -> None:
     from .backbone import load_backbone
     from .analysis.comparison import DEFAULT_BASELINES, compare_recipes, stratified_split
     from .core.concepts import ConceptBank, check_templates, load_candidate_pool, load_vocabulary
-    from .data import extract_features
+    from .data.features import extract_features
     from .recipes import RecipeInputs, get_recipe
 
     recipes = {get_recipe(name).name: {} for name in (args.recipe or ["pcbm"])}
@@ -444,14 +444,14 @@ def cmd_extract(args) -> None:
     from contextlib import nullcontext
 
     from .backbone import load_backbone
-    from .images import printable
-    from .store import DEFAULT_SHARD_SIZE, write_store
+    from .data.images import printable
+    from .data.store import DEFAULT_SHARD_SIZE, write_store
 
     dataset = _dataset(args.data, args.split, args.allow_outside_paths)
     engine = "ray" if args.ray is not None else "inprocess"
     address = None
     if engine == "ray":
-        from .ray_extract import ray_session
+        from .data.ray_extract import ray_session
 
         # --ray alone: the cluster named by RAY_ADDRESS (set inside a Ray job) if any, else a local Ray
         address = args.ray or os.environ.get("RAY_ADDRESS") or None
@@ -491,7 +491,7 @@ def cmd_extract(args) -> None:
 
 def cmd_report(args) -> None:
     """An explanation report for images (with the model card after it), or the model card alone."""
-    from .images import printable
+    from .data.images import printable
     from .report import browser
     from .report.export import RUNNER_UP, explanation_report, model_card
 

@@ -3,7 +3,7 @@ import pytest
 
 from cbm_core.build import build_cbm
 from cbm_core.core.concepts import ConceptBank
-from cbm_core.data import ImageDataset
+from cbm_core.data.datasets import ImageDataset
 from cbm_core.errors import DatasetError
 from helpers import write_class_folder
 

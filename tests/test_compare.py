@@ -3,7 +3,7 @@ import torch
 
 from cbm_core.analysis.comparison import compare_recipes, stratified_split, with_head_at_nec
 from cbm_core.core.concepts import ConceptBank
-from cbm_core.data import FeatureSet
+from cbm_core.data.features import FeatureSet
 from cbm_core.recipes import RecipeInputs
 
 

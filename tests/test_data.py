@@ -3,7 +3,8 @@ import os
 import pytest
 import torch
 
-from cbm_core.data import ImageDataset, extract_features
+from cbm_core.data.datasets import ImageDataset
+from cbm_core.data.features import extract_features
 from cbm_core.errors import DatasetError
 from helpers import shape_image, write_class_folder
 
@@ -98,7 +99,7 @@ def test_workers_give_the_same_features(tmp_path, tiny_vit):
 
 def test_uint8_loading_gives_the_features_of_the_backbones_own_preprocessing(tmp_path, tiny_vit):
     # Workers ship uint8 and the batch is normalised on the device; the pixels must be open_clip's.
-    from cbm_core.images import decode_image
+    from cbm_core.data.images import decode_image
 
     root = write_class_folder(tmp_path / "data", per_class=3)
     (root / "red" / "empty.png").write_bytes(b"")  # skipped, and the rest still line up

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from cbm_core.data import ImageDataset
+from cbm_core.data.datasets import ImageDataset
 from cbm_core.errors import DatasetError
 from helpers import shape_image, write_class_folder
 

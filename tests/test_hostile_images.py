@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from cbm_core.errors import CBMError, ImageError
-from cbm_core.images import (FORMATS, FORMATS_TEXT, IMAGE_SUFFIXES, MAX_ASPECT_RATIO, decode_image, load_image,
+from cbm_core.data.images import (FORMATS, FORMATS_TEXT, IMAGE_SUFFIXES, MAX_ASPECT_RATIO, decode_image, load_image,
                              thumbnail)
 from hostile import corpus, float_tiff, saved, thin_png
 
@@ -96,7 +96,7 @@ def test_folders_devices_pipes_and_links_to_devices_are_refused_without_reading(
     code = textwrap.dedent("""
         import sys
         from cbm_core.errors import ImageError
-        from cbm_core.images import decode_image
+        from cbm_core.data.images import decode_image
         for path in sys.argv[1:]:
             try:
                 decode_image(path)
@@ -159,7 +159,7 @@ import resource
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from cbm_core.errors import CBMError
-from cbm_core.images import load_image
+from cbm_core.data.images import load_image
 from hostile import SIGNATURES, with_dimensions
 
 side = st.one_of(st.integers(0, 64), st.integers(0, 2**32 - 1), st.sampled_from([1, 20, 21, 6_000, 65_535, 300_000]))

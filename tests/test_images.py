@@ -4,7 +4,7 @@ import pytest
 from PIL import Image
 
 from cbm_core.errors import ImageError
-from cbm_core.images import MAX_PIXELS, decode_image
+from cbm_core.data.images import MAX_PIXELS, decode_image
 
 
 def png_bytes(img: Image.Image, fmt="PNG", **kw) -> bytes:

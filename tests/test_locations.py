@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from cbm_core.explain.concept_metrics import Annotation, dataset_annotations, default_tolerance
-from cbm_core.data import ImageDataset
+from cbm_core.data.datasets import ImageDataset
 from cbm_core.errors import DatasetError
 from helpers import shape_image
 

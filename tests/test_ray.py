@@ -19,8 +19,9 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 ray = pytest.importorskip("ray")
 pytest.importorskip("ray.data")
 
-from cbm_core.data import ImageDataset, extract_features  # noqa: E402
-from cbm_core.store import FeatureStore, shard_name, write_store  # noqa: E402
+from cbm_core.data.datasets import ImageDataset  # noqa: E402
+from cbm_core.data.features import extract_features  # noqa: E402
+from cbm_core.data.store import FeatureStore, shard_name, write_store  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 

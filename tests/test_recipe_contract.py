@@ -10,7 +10,8 @@ import torch
 from cbm_core import Intervention, Pipeline, evaluate, load_bundle, prune_concepts
 from cbm_core.cli import main as cli_main
 from cbm_core.core.concepts import ConceptBank
-from cbm_core.data import ImageDataset, extract_features
+from cbm_core.data.datasets import ImageDataset
+from cbm_core.data.features import extract_features
 from cbm_core.errors import RecipeError
 from cbm_core.recipes import NEEDS, RECIPES, RecipeInputs, get_recipe
 from helpers import COLOURS, shape_image, write_class_folder

@@ -214,7 +214,7 @@ def test_seeded_and_deterministic():
 
 def test_build_cbm_dn_cbm_end_to_end(tmp_path, tiny_vit, monkeypatch):
     from cbm_core.build import build_cbm
-    from cbm_core.data import ImageDataset
+    from cbm_core.data.datasets import ImageDataset
     from helpers import write_class_folder
 
     monkeypatch.setenv("CBM_CACHE_DIR", str(tmp_path / "cache"))

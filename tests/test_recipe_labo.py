@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from cbm_core.build import build_cbm
 from cbm_core.core.bundle import load_bundle, save_bundle
-from cbm_core.data import ImageDataset
+from cbm_core.data.datasets import ImageDataset
 from cbm_core.errors import RecipeError
 from cbm_core.core.model import ConceptStats
 from cbm_core.recipes import RecipeInputs, get_recipe

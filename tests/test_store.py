@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from cbm_core.data import ImageDataset, extract_features, feature_key
-from cbm_core.store import FeatureStore, StoreError, default_store_root, shard_name, write_store
+from cbm_core.data.datasets import ImageDataset
+from cbm_core.data.features import extract_features, feature_key
+from cbm_core.data.store import FeatureStore, StoreError, default_store_root, shard_name, write_store
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -94,8 +95,8 @@ import os, signal, sys, torch
 sys.path.insert(0, sys.argv[1]); sys.path.insert(0, os.path.join(sys.argv[1], "tests"))
 from conftest import TINY_VIT
 from cbm_core.backbone import load_backbone, register_model_config
-from cbm_core.data import ImageDataset
-from cbm_core.store import FeatureStore, write_store
+from cbm_core.data.datasets import ImageDataset
+from cbm_core.data.store import FeatureStore, write_store
 register_model_config("tiny-vit", TINY_VIT)
 torch.manual_seed(0)
 bb = load_backbone("tiny-vit:random", device="cpu")
@@ -299,7 +300,7 @@ def test_elastic_net_from_shards_takes_the_in_memory_steps(train_store):
     and the converged fits at the solver's tolerance (the standardisation itself differs by ~1e-7:
     the store's statistics are float64 sums over shards)."""
     from cbm_core.recipes.elastic_net import fit_elastic_net, lambda_max, lipschitz
-    from cbm_core.sources import MappedSource, column_stats
+    from cbm_core.data.sources import MappedSource, column_stats
 
     store, X, y, C = train_store
     m = column_stats(store)

@@ -3,7 +3,7 @@ from collections import Counter
 
 import numpy as np
 
-from cbm_core.data import ImageDataset
+from cbm_core.data.datasets import ImageDataset
 from cbm_core.demo.world import (ATTRIBUTES, CONCEPTS, SPECIES, concept_mask, export, generate, render,
                                  sample_bird)
 

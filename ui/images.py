@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import streamlit as st
 from PIL import Image
 
-from cbm_core.images import FORMATS_TEXT, MAX_ASPECT_RATIO, MAX_FILE_BYTES, MAX_PIXELS, image_digest, load_image, thumbnail
+from cbm_core.data.images import FORMATS_TEXT, MAX_ASPECT_RATIO, MAX_FILE_BYTES, MAX_PIXELS, image_digest, load_image, thumbnail
 
 DISPLAY_SIDE = 640  # longest side of what a page keeps for drawing; ~1.2 MB per cached image
 UPLOAD_HELP = (f"{FORMATS_TEXT}; up to {MAX_FILE_BYTES // 2**20} MB, {MAX_PIXELS // 10**6} megapixels and an aspect "

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 
-from ..data import FeatureSet
+from ..data.features import FeatureSet
 from ..errors import RecipeError
 from .evaluation import evaluate
 from ..core.model import ConceptBottleneckModel

@@ -41,7 +41,7 @@ from safetensors.torch import save as st_save
 from .concept_layer import LAYER_SCHEMA, layer_from_parts
 from .concepts import ConceptBank
 from ..errors import BundleError, ConceptError
-from ..images import BIDI_CONTROLS
+from ..data.images import BIDI_CONTROLS
 from .model import ConceptBottleneckModel
 from .stats import ConceptStats
 

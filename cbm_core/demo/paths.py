@@ -24,7 +24,7 @@ def read_split_features(path, split: str):
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    from ..data import FeatureSet
+    from ..data.features import FeatureSet
 
     if split not in ("val", "test"):
         raise ValueError(f"The demo ships features for the 'val' and 'test' splits, not '{split}'.")

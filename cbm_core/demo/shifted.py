@@ -4,7 +4,7 @@ other imaging conditions (a stain-like colour cast, a different scale) — the t
 the on-disk feature cache like the plain splits."""
 from __future__ import annotations
 
-from ..data import FeatureSet, extract_features
+from ..data.features import FeatureSet, extract_features
 from .splits import IMAGE_SIZE, SPLIT_SIZES, ToyBirds
 from .world import SHIFTS, render
 

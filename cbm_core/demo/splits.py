@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from ..data import FeatureSet, extract_features
+from ..data.features import FeatureSet, extract_features
 from .world import CONCEPTS, render, sample_bird
 
 IMAGE_SIZE = 96

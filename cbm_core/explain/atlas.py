@@ -95,7 +95,7 @@ def atlas_images(pipe, atlas: ConceptAtlas, image_for: Callable[[int], tuple[str
     """Decode, encode and map the atlas's images. ``image_for(index)`` returns ``(name, source)`` for a
     row of the ranked embeddings (a path, bytes or a PIL image). Images are drawn with their longest
     side at most ``max_side``. Returns (top, bottom)."""
-    from ..images import load_image, read_image_bytes, thumbnail
+    from ..data.images import load_image, read_image_bytes, thumbnail
 
     def draw(entry: AtlasEntry) -> AtlasImage:
         name, source = image_for(entry.index)

@@ -16,7 +16,7 @@ import torch
 from ..backbone import Backbone, ImageEncoding, load_backbone, spec_needs_trust
 from ..core.bundle import load_bundle
 from ..errors import BackboneError, SaliencyError, UntrustedBackboneError
-from ..images import ImageSource, image_digest, load_image, read_image_bytes
+from ..data.images import ImageSource, image_digest, load_image, read_image_bytes
 from ..core.interventions import Intervention
 from ..core.model import ConceptBottleneckModel, Explanation
 

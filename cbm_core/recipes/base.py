@@ -266,7 +266,7 @@ def standardized(scores: torch.Tensor, names: Sequence[str]) -> tuple[ConceptSta
 
 def check_labels(features, labels, n_classes: int) -> torch.Tensor:
     """``check_training_data`` for in-memory features, its streaming twin for a ``FeatureSource``."""
-    from ..sources import check_source_labels, is_source
+    from ..data.sources import check_source_labels, is_source
 
     return (check_source_labels if is_source(features) else check_training_data)(features, labels, n_classes)
 
@@ -274,7 +274,7 @@ def check_labels(features, labels, n_classes: int) -> torch.Tensor:
 def layer_standardized(layer, names: Sequence[str], features) -> tuple[ConceptStats, Any]:
     """``standardized(layer(features), names)``; a ``FeatureSource`` is streamed instead: z is then a
     ``MappedSource`` of the standardised scores, never held whole."""
-    from ..sources import is_source, standardized_source
+    from ..data.sources import is_source, standardized_source
 
     if is_source(features):
         return standardized_source(layer, names, features, len(names))
@@ -285,7 +285,7 @@ def fit_head(z, labels: torch.Tensor, n_classes: int, lam: float, l1_ratio: floa
              device) -> tuple[Any, torch.Tensor, torch.Tensor, float]:
     """The sparse head on standardised scores z (a tensor, or a source: chunked full-batch steps);
     returns (solver result, weight, bias on the CPU, training accuracy)."""
-    from ..sources import is_source
+    from ..data.sources import is_source
     from .elastic_net import accuracy, fit_elastic_net, head_accuracy
 
     if is_source(z):

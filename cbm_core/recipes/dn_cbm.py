@@ -50,7 +50,7 @@ from ..errors import RecipeError
 from ..core.model import ConceptBottleneckModel
 from .base import (Param, Recipe, RecipeInputs, check_finite_fit, check_labels, created_info, pick_device,
                    fit_head, layer_standardized, register_recipe)
-from ..sources import (column_stats, is_source, source_key)
+from ..data.sources import (column_stats, is_source, source_key)
 from .elastic_net import regularization_path
 from .label_free import _fingerprint
 
@@ -405,7 +405,7 @@ class DNCBM(Recipe):
     def fit(self, features: torch.Tensor, labels: torch.Tensor, *, val_features: torch.Tensor | None = None,
             val_labels: torch.Tensor | None = None, **_) -> "DNCBM":
         """features: (N, D) tensor, or a ``FeatureSource`` such as a ``FeatureStore`` (with
-        ``labels=store.labels``), which is streamed: never loaded whole (see ``cbm_core.sources``)."""
+        ``labels=store.labels``), which is streamed: never loaded whole (see ``cbm_core.data.sources``)."""
         labels = check_labels(features, labels, len(self.classes))
         device = pick_device(self.device)
         stage = self._stage(features, val_features)

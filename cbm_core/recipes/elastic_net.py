@@ -7,7 +7,7 @@ solved by FISTA (accelerated proximal gradient, full batch, adaptive restart) wi
 free of random sampling, so it is deterministic on a CPU and runs on whatever device X is on.
 The bias is not penalised.
 
-X may also be a ``FeatureSource`` (``cbm_core.sources``: a sharded feature store, or concept scores
+X may also be a ``FeatureSource`` (``cbm_core.data.sources``: a sharded feature store, or concept scores
 mapped from one) that is never loaded whole: the solver is then *chunked full-batch* — every
 gradient, the objective, the power iteration for L and lambda_max are sums over chunks of rows, one
 pass over the source each — so it takes the same proximal steps as in memory (equal up to float
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..sources import DEFAULT_CHUNK, is_source
+from ..data.sources import DEFAULT_CHUNK, is_source
 
 
 @dataclass(frozen=True)

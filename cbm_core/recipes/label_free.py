@@ -73,7 +73,7 @@ from ..errors import RecipeError
 from ..core.model import ConceptBottleneckModel
 from .base import (Param, Recipe, RecipeInputs, check_finite_fit, check_labels, created_info, pick_device,
                    fit_head, layer_standardized, register_recipe)
-from ..sources import (MappedSource, RowsSource, column_stats, column_top, is_source,
+from ..data.sources import (MappedSource, RowsSource, column_stats, column_top, is_source,
                        sample_rows, source_key)
 from .elastic_net import regularization_path
 
@@ -481,7 +481,7 @@ class LabelFreeCBM(Recipe):
     def fit(self, features: torch.Tensor, labels: torch.Tensor, *, val_features: torch.Tensor | None = None,
             val_labels: torch.Tensor | None = None, **_) -> "LabelFreeCBM":
         """features: (N, D) tensor, or a ``FeatureSource`` such as a ``FeatureStore`` (with
-        ``labels=store.labels``), which is streamed: never loaded whole (see ``cbm_core.sources``)."""
+        ``labels=store.labels``), which is streamed: never loaded whole (see ``cbm_core.data.sources``)."""
         labels = check_labels(features, labels, len(self.classes))
         device = pick_device(self.device)
         stage = self._concept_stage(features, val_features)

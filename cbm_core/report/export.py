@@ -32,7 +32,7 @@ from .. import __version__
 from ..explain.counterfactual import counterfactual as find_counterfactual
 from ..errors import CBMError, ImageError
 from ..explain.wording import concept_directions, label_from_filename
-from ..images import load_image, read_image_bytes
+from ..data.images import load_image, read_image_bytes
 from ..core.interventions import Intervention
 from ..explain.overlay import colormap, seen_region
 from . import browser, figures, tables

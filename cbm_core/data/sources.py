@@ -6,7 +6,7 @@ A ``FeatureSource`` is anything with a length, a width and two ways to read rows
   what a full-batch solver sums its gradient over);
 - ``take(rows)`` — the given rows, (len(rows), dim) (what a mini-batch sampler draws).
 
-Two kinds exist: ``TensorSource`` (an (N, D) tensor in memory) and ``cbm_core.store.FeatureStore``
+Two kinds exist: ``TensorSource`` (an (N, D) tensor in memory) and ``cbm_core.data.store.FeatureStore``
 (shards on disk, read one at a time). ``MappedSource`` applies a function to each batch of another
 source — a concept layer and its standardisation — so concept scores of a large store are computed on
 the fly, never held whole.
@@ -124,7 +124,7 @@ def stats_from_source(names: Sequence[str], scores: FeatureSource, chunk: int = 
     """``ConceptStats`` of raw training scores held in a source: mean and std exact over every row;
     the 101 percentiles from ``sample_rows`` (every row when there are at most ``sample_cap``, where
     the result equals ``ConceptStats.from_scores``), with the 0th and 100th set to the exact min and max."""
-    from .core.stats import QUANTILE_LEVELS, ConceptStats
+    from ..core.stats import QUANTILE_LEVELS, ConceptStats
 
     s = column_stats(scores, chunk)
     sample = scores.take(sample_rows(len(scores), sample_cap)).float()
@@ -182,7 +182,7 @@ def source_key(source) -> tuple:
 def check_source_labels(source: FeatureSource, labels, n_classes: int) -> torch.Tensor:
     """The streaming twin of ``recipes.base.check_training_data`` (a store checks its own values
     finite when it reads them): labels as int64, one per row, in [0, n_classes)."""
-    from .errors import RecipeError
+    from ..errors import RecipeError
 
     labels = torch.as_tensor(labels, dtype=torch.long)
     if len(source) != len(labels):

@@ -50,7 +50,7 @@ from typing import Iterator, Sequence
 
 import torch
 
-from .errors import CBMError, DatasetError
+from ..errors import CBMError, DatasetError
 
 FORMAT = "cbm-feature-store"
 VERSION = 1
@@ -90,7 +90,7 @@ class Shard:
 
 class FeatureStore:
     """A store folder (see the module docstring). ``FeatureStore.open(root)`` validates the manifest;
-    shards are verified when first read. Implements ``cbm_core.sources.FeatureSource`` over the kept
+    shards are verified when first read. Implements ``cbm_core.data.sources.FeatureSource`` over the kept
     rows in record order (only when complete)."""
 
     def __init__(self, root: Path, manifest: dict, cache_bytes: int = 512 * 2**20):
@@ -290,7 +290,7 @@ class FeatureStore:
 
     def load(self, dataset=None, from_cache: bool = True):
         """The whole store as a ``FeatureSet`` (groups and concept labels from ``dataset`` when given)."""
-        from .data import _with_metadata
+        from .features import _with_metadata
 
         shards = list(self.iter_shards())
         emb = torch.cat([s.embeddings for s in shards]) if shards else torch.zeros(0, self.dim)
@@ -550,7 +550,7 @@ class _ShardWriter:
 
 def default_store_root(backbone, dataset, cache_dir: str | Path | None = None) -> Path:
     """Where ``extract_features`` looks for (and ``write_store`` puts) a dataset's store by default."""
-    from .data import default_cache_dir, feature_key
+    from .features import default_cache_dir, feature_key
 
     return Path(cache_dir or default_cache_dir()) / f"{feature_key(backbone, dataset.fingerprint())}.store"
 
@@ -564,12 +564,13 @@ def write_store(backbone, dataset, root: str | Path | None = None, *, engine: st
 
     engine: ``"inprocess"`` (DataLoader workers, as ``extract_features``) or ``"ray"`` (Ray Data:
     decode tasks + encoder actors; ``address`` None = a local Ray with ``num_cpus``, else a cluster;
-    see ``cbm_core.ray_extract``). ``shard_size`` is rounded up to a multiple of ``batch_size`` so
+    see ``cbm_core.data.ray_extract``). ``shard_size`` is rounded up to a multiple of ``batch_size`` so
     both engines encode exactly the batches the in-process path does (bit-identical features on a
     CPU). ``progress(done, total)`` counts records, the ones already stored included.
     ``store.last_write`` says what this call did: shards written, reused and redone, records encoded.
     """
-    from .data import ImageDataset, feature_key
+    from .datasets import ImageDataset
+    from .features import feature_key
 
     if not isinstance(dataset, ImageDataset):
         raise DatasetError("A feature store needs an ImageDataset (a folder or a CSV manifest): its fingerprint "
@@ -626,7 +627,7 @@ def write_store(backbone, dataset, root: str | Path | None = None, *, engine: st
                 stream = encode_with_ray(backbone, dataset, indices, batch_size=batch_size, address=address,
                                          num_cpus=num_cpus, num_gpus=num_gpus)
             else:
-                from .data import _encode_stream
+                from .features import _encode_stream
 
                 stream = _encode_stream(backbone, dataset, indices, batch_size=batch_size, num_workers=num_workers)
             for idx, emb, labels, failed in stream:

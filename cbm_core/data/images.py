@@ -26,7 +26,7 @@ from typing import Union
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import ImageError
+from ..errors import ImageError
 
 MAX_FILE_BYTES = 64 * 1024 * 1024  # the app's upload limit too (.streamlit/config.toml, maxUploadSize)
 MAX_PIXELS = 40_000_000  # ~ 7,300 x 5,500: larger than any camera image a user needs to explain

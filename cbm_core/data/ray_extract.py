@@ -5,7 +5,7 @@ Optional: ``pip install -r requirements-scale.txt`` (``ray[data]``); imported on
 
     chunks of ``batch_size`` records ─(Ray tasks, 1 CPU each)─> decode + resize to uint8 ─> object store
       ─(actor pool: one model per actor, 1 GPU each when the cluster has GPUs)─> normalise + encode
-      ─> the driver, which writes shards of the feature store (``cbm_core.store``)
+      ─> the driver, which writes shards of the feature store (``cbm_core.data.store``)
 
 - **Same preprocessing as in process**: a task decodes with ``images.decode_image`` and resizes with the
   backbone's own transform minus its last two steps (``data._Decoded`` and ``data._PixelNormalizer``,
@@ -40,7 +40,7 @@ from typing import Iterator, Sequence
 
 import torch
 
-from .errors import CBMError
+from ..errors import CBMError
 
 INSTALL_HINT = "pip install -r requirements-scale.txt"
 
@@ -111,7 +111,8 @@ class _Decode:
     def __call__(self, row: dict) -> dict:
         import numpy as np
 
-        from .data import ImageDataset, ImageRecord, _Decoded
+        from .datasets import ImageDataset, ImageRecord
+        from .features import _Decoded
 
         idx = [int(i) for i in row["indices"]]
         records = tuple(ImageRecord(str(p), int(lbl)) for p, lbl in zip(row["paths"], row["labels"]))
@@ -137,8 +138,8 @@ class _Encode:
     def __init__(self, model_ref, spec: str, precision: str, mean, std, threads: int | None = None):
         import ray
 
-        from .backbone import PRECISIONS, Backbone
-        from .data import _PixelNormalizer
+        from ..backbone import PRECISIONS, Backbone
+        from .features import _PixelNormalizer
 
         if threads:
             torch.set_num_threads(int(threads))
@@ -192,7 +193,7 @@ def encode_with_ray(backbone, dataset, indices: Sequence[int], *, batch_size: in
     bit-identical to the in-process engine's)."""
     import numpy as np
 
-    from .data import _PixelNormalizer
+    from .features import _PixelNormalizer
 
     normalizer = _PixelNormalizer.split(backbone.preprocess)
     transform = normalizer.to_uint8 if normalizer else backbone.preprocess
