@@ -1,5 +1,6 @@
 """The shipped demo model and bundle: they load offline, detect concepts, and predict."""
 import pytest
+import torch
 
 from cbm_core import Pipeline, load_backbone, load_bundle, prune_concepts
 from cbm_core.demo.paths import DEMO_BUNDLE, DEMO_FEATURES, SAMPLES_DIR
@@ -69,3 +70,32 @@ def test_the_demo_lam_rule_prefers_accuracy_among_lams_that_keep_the_pruning_gai
     assert pick_lam(rows) == 1e-2
     # where no λ keeps the gain, the one with the largest gain, whatever its accuracy
     assert pick_lam([row(1e-3, 0.95, 0.02), row(5e-2, 0.70, 0.08), row(1e-2, 0.90, 0.05)]) == 5e-2
+
+
+def test_the_recorded_evaluation_is_of_the_shipped_demo_and_meets_every_bar():
+    """docs/TOYBIRDS.md's numbers (docs/toybirds_eval.json) belong to the shipped tower and bundle and meet every
+    bar, so a rebuild that loses one fails here rather than only in a document nobody re-reads."""
+    import json
+
+    from cbm_core.demo.build_bundle import DEMO_LAM, meets
+    from cbm_core.demo.evaluate import DOCS, TARGETS, _training_info
+
+    record = json.loads((DOCS / "toybirds_eval.json").read_text())
+    assert record["training"] == _training_info("demo")  # the tower in assets/demo_clip
+    shipped = load_bundle(DEMO_BUNDLE)
+    b, z = record["bundle"], record["zero_shot"]
+    assert b["recipe"]["lam"] == shipped.recipe["lam"] == DEMO_LAM
+    assert b["test_accuracy"] == pytest.approx(shipped.metrics["test_accuracy"], abs=1e-6)
+    assert record["targets"] == TARGETS
+    assert meets(z["mean_auroc"], TARGETS["mean_auroc"]) and meets(z["min_auroc"], TARGETS["min_auroc"])
+    assert meets(z["species_accuracy"], TARGETS["species_accuracy"])
+    assert meets(b["test_accuracy"], TARGETS["bundle_test_accuracy"])
+    assert meets(b["pruned_worst_group"] - b["test_worst_group"], TARGETS["worst_group_gain"])
+    assert meets(b["pruned_test_accuracy"] - b["test_accuracy"], -TARGETS["max_accuracy_drop"])
+
+
+def test_meeting_a_bar_is_robust_to_float32_rounding():
+    from cbm_core.demo.build_bundle import meets
+
+    worst, pruned = torch.tensor(326 / 400), torch.tensor(366 / 400)  # 40 more birds of 400: +10 points exactly
+    assert meets(float(pruned) - float(worst), 0.10) and not meets(float(pruned) - float(worst) - 1 / 400, 0.10)
