@@ -23,6 +23,7 @@ from ..analysis.edits import prune_concepts
 from ..analysis.evaluation import evaluate
 from .build_bundle import (DEMO_BUNDLE, DEMO_LAM, MIN_PRUNING_GAIN, SPLIT_SIZES, ToyBirds, choose_lam, encode_split,
                            fit_demo_model, meets)
+from .paths import tower_record
 from .train_clip import CONCEPT_TEMPLATE, SPECIES_TEMPLATE, score_report
 from .world import BACKGROUND_CONCEPTS, CONCEPTS, SPECIES_NAMES
 
@@ -58,15 +59,8 @@ def run(seed: int = 0, spec: str = "demo", lam: float = DEMO_LAM) -> dict:
                    "per_group": before.per_group, "pruned_test_accuracy": after.accuracy,
                    "pruned_worst_group": after.worst_group, "pruned_per_group": after.per_group},
         "targets": TARGETS, "lam_sweep": sweep,
-        "training": _training_info(spec),
+        "training": tower_record(spec),
     }
-
-
-def _training_info(spec: str = "demo") -> dict:
-    path = Path(backbone_folder() if spec == "demo" else spec.removeprefix("local-dir:")) / "training.json"
-    info = json.loads(path.read_text()) if path.exists() else {}
-    info.pop("history", None)
-    return info
 
 
 def _model_lines(t: dict) -> list[str]:
@@ -83,12 +77,6 @@ def _model_lines(t: dict) -> list[str]:
     return [f"- demo model: the base tower, {base} — {took(t.get('init_training') or {})} — fine-tuned with the part-grounding "
             f"loss: `python -m cbm_core.demo.train_clip --init BASE {' '.join(flags)}` — {took(t)} (docs/SALIENCY.md says "
             "why); both checkpoint every 100 steps and resume with `--resume`;"]
-
-
-def backbone_folder() -> str:
-    from ..backbone import SPEC_ALIASES
-
-    return SPEC_ALIASES["demo"].removeprefix("local-dir:")
 
 
 def write_docs(result: dict) -> Path:

@@ -13,6 +13,20 @@ DEMO_FEATURES = ASSETS_DIR / "toybirds_features.safetensors"
 SAMPLES_DIR = ASSETS_DIR / "samples"
 
 
+def tower_record(spec: str = "demo") -> dict:
+    """A tower's training record (its ``training.json``, without the per-step history), which every measurement
+    of the demo stores beside its numbers, so a record can be checked against the tower it claims to measure.
+    ``spec``: ``demo`` or ``local-dir:FOLDER``."""
+    from pathlib import Path
+
+    from ..backbone import SPEC_ALIASES
+
+    path = Path(SPEC_ALIASES.get(spec, spec).removeprefix("local-dir:")) / "training.json"
+    info = json.loads(path.read_text()) if path.exists() else {}
+    info.pop("history", None)
+    return info
+
+
 def load_demo_features(split: str = "val"):
     """The shipped validation / test features of the demo as a ``FeatureSet`` (no re-encoding)."""
     return read_split_features(DEMO_FEATURES, split)

@@ -31,11 +31,16 @@ import torch.nn.functional as F
 
 from ..backbone import load_backbone
 from ..explain.saliency import DenseConceptMaps, GradCAM, LayerCAM, Occlusion, SaliencyMaps
+from .paths import tower_record
 from .train_clip import CONCEPT_TEMPLATE, IMAGE_SIZE
 from .world import CONCEPT_PART, concept_mask, render, sample_bird
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 PART_CONCEPTS = tuple(CONCEPT_PART)
+# The pipeline's map methods on the demo's ResNet tower, as this evaluation names them: (its row, the oracle at
+# its grid, the ceiling issue 13's "share of the oracle" is read against).
+PIPELINE_ROWS = {"layercam-fine": ("layercam-l1", "oracle-24"), "gradcam-fine": ("gradcam-l2", "oracle-12"),
+                 "gradcam": ("gradcam", "oracle-3"), "dense": ("dense", "oracle-3"), "dense-surgery": ("dense-surgery", "oracle-3")}
 
 
 def _dilate(mask: np.ndarray, r: int) -> np.ndarray:
@@ -137,7 +142,8 @@ def run(n_images: int = 200, n_auc_images: int = 40, seed: int = 0, methods=None
               f"energy ratio {results[method]['energy_ratio']:.2f} deletion {results[method]['deletion_auc']:.3f} "
               f"insertion {results[method]['insertion_auc']:.3f}", flush=True)
     return {"date": dt.date.today().isoformat(), "seed": seed, "n_images": n_images, "n_auc_images": n_auc_images,
-            "machine": f"{platform.machine()}, {torch.get_num_threads()} threads", "methods": results}
+            "machine": f"{platform.machine()}, {torch.get_num_threads()} threads", "tower": tower_record(backbone_spec),
+            "methods": results}
 
 
 GENERATED_END = "<!-- end of generated tables; analysis below is kept when they are regenerated -->"
