@@ -63,3 +63,20 @@ def make_model(residual: bool = False, seed: int = 0):
 @pytest.fixture
 def hand_model():
     return make_model()
+
+
+@pytest.fixture
+def downloads(monkeypatch):
+    """key -> (data, file_name, disabled) of every download button a page draws while the test runs (the report
+    buttons' tests read them)."""
+    from streamlit.delta_generator import DeltaGenerator
+
+    seen: dict = {}
+    original = DeltaGenerator.download_button
+
+    def spy(self, label, data, *args, **kwargs):
+        seen[kwargs.get("key")] = (data, kwargs.get("file_name"), kwargs.get("disabled", False))
+        return original(self, label, data, *args, **kwargs)
+
+    monkeypatch.setattr(DeltaGenerator, "download_button", spy)
+    return seen

@@ -9,8 +9,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import pytest
-from streamlit.delta_generator import DeltaGenerator
 from streamlit.testing.v1 import AppTest
 
 from cbm_core import Intervention, Pipeline, evaluate
@@ -21,20 +19,6 @@ from test_report import Page, sections
 
 ROOT = Path(__file__).resolve().parent.parent
 DIVER = SAMPLES_DIR / "09_azure_diver_on_land.png"
-
-
-@pytest.fixture
-def downloads(monkeypatch):
-    """key -> (data, file_name, disabled) of every download button drawn while the test runs."""
-    seen: dict = {}
-    original = DeltaGenerator.download_button
-
-    def spy(self, label, data, *args, **kwargs):
-        seen[kwargs.get("key")] = (data, kwargs.get("file_name"), kwargs.get("disabled", False))
-        return original(self, label, data, *args, **kwargs)
-
-    monkeypatch.setattr(DeltaGenerator, "download_button", spy)
-    return seen
 
 
 def page(name: str) -> AppTest:

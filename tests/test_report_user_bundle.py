@@ -13,7 +13,7 @@ from cbm_core.report import browser
 from conftest import TINY_VIT
 from helpers import write_class_folder
 from test_report import Page, sections
-from test_report_buttons import downloads, report  # noqa: F401 (a fixture, and the buttons' reader)
+from test_report_buttons import report
 
 CONCEPTS = ["red", "blue", "green", "round shape", "white background"]
 
