@@ -39,10 +39,10 @@ from .core.concept_layer import ConceptLayer, LinearProjection, SparseAutoencode
 from .recipes import Param, Recipe, RecipeInputs, get_recipe, list_recipes, register_recipe
 from .explain.saliency import DenseConceptMaps, GradCAM, LayerCAM, Occlusion, SaliencyMaps, class_maps
 from .recipes.supervised import SupervisedCBM
-from .tti import (InterventionCurve, Question, TTIError, answers_intervention, apply_answer, intervention_curve,
-                  next_question)
-from .propagation import ConceptDependencies, PropagationError, conditional_table, propagate
-from .adaptation import AdaptationError, AdaptationProposal, propose_adaptation
+from .explain.tti import (InterventionCurve, Question, TTIError, answers_intervention, apply_answer,
+                          intervention_curve, next_question)
+from .core.propagation import ConceptDependencies, PropagationError, conditional_table, propagate
+from .analysis.adaptation import AdaptationError, AdaptationProposal, propose_adaptation
 from .report import Report, explanation_report, model_card
 
 __all__ = [

@@ -322,7 +322,7 @@ def cmd_info(args) -> None:
             print(f"  {value:.3f}  {name}" if value is not None else f"    n/a  {name} (one class only)", file=sys.stderr)
 
 
-# -- test-time intervention and adaptation (cbm_core/tti.py, propagation.py, adaptation.py) ---------
+# -- test-time intervention and adaptation (explain/tti.py, core/propagation.py, analysis/adaptation.py) --
 DEMO_DATA = ("demo:val", "demo:test", "demo-shifted:val", "demo-shifted:test")
 
 
@@ -360,8 +360,8 @@ def _labelled_features(model, args, data: str, split: str | None):
 
 def cmd_intervene_curve(args) -> None:
     from .core.bundle import load_bundle
-    from .propagation import ConceptDependencies
-    from .tti import intervention_curve, tune_coop
+    from .core.propagation import ConceptDependencies
+    from .explain.tti import intervention_curve, tune_coop
 
     args.policy = args.policy or ["random", "uncertainty", "expected_change", "coop"]
     model = load_bundle(args.bundle)
@@ -394,7 +394,7 @@ def cmd_intervene_curve(args) -> None:
 
 
 def cmd_adapt(args) -> None:
-    from .adaptation import AdaptationError, few_shot, propose_adaptation
+    from .analysis.adaptation import AdaptationError, few_shot, propose_adaptation
     from .core.bundle import bundle_exists, load_bundle
     from .analysis.evaluation import evaluate
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from cbm_core import load_bundle, replay
-from cbm_core.adaptation import AdaptationError, few_shot, propose_adaptation
+from cbm_core.analysis.adaptation import AdaptationError, few_shot, propose_adaptation
 from cbm_core.core.concept_layer import LinearProjection
 from cbm_core.core.concepts import ConceptBank
 from cbm_core.analysis.edits import adapt_concepts

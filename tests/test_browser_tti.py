@@ -14,8 +14,8 @@ pytestmark = pytest.mark.skipif(not __import__("pathlib").Path(CHROMIUM).exists(
 def test_the_experts_answer_changes_the_prediction_in_the_browser(app_url, page):  # noqa: F811
     from cbm_core import Pipeline
     from cbm_core.demo.shifted import SUPERVISED_BUNDLE
-    from cbm_core.propagation import ConceptDependencies
-    from cbm_core.tti import answers_intervention, next_question
+    from cbm_core.core.propagation import ConceptDependencies
+    from cbm_core.explain.tti import answers_intervention, next_question
     from ui.common import STORY_BIRD, sample_name, sample_paths
 
     engine = Pipeline.from_bundle(SUPERVISED_BUNDLE, device="cpu")

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from cbm_core.propagation import ConceptDependencies, PropagationError, conditional_table, propagate
-from cbm_core.tti import answers_intervention
+from cbm_core.core.propagation import ConceptDependencies, PropagationError, conditional_table, propagate
+from cbm_core.explain.tti import answers_intervention
 from test_tti import NAMES, embedding_for, prob_model
 
 

@@ -7,7 +7,7 @@ from cbm_core import HeadSlice, Intervention
 from cbm_core.core.concept_layer import LinearProjection
 from cbm_core.core.concepts import ConceptBank
 from cbm_core.core.model import ConceptBottleneckModel, ConceptStats
-from cbm_core.tti import (TTIError, answer_percentiles, answers_intervention, apply_answer, intervention_curve,
+from cbm_core.explain.tti import (TTIError, answer_percentiles, answers_intervention, apply_answer, intervention_curve,
                           next_question, policy_scores)
 
 NAMES = ("red crown", "long beak", "striped wing", "water")

@@ -8,7 +8,7 @@ import torch
 from cbm_core import Intervention, Pipeline
 from cbm_core.demo.paths import SAMPLES_DIR
 from cbm_core.demo.shifted import SUPERVISED_BUNDLE
-from cbm_core.tti import apply_answer, next_question
+from cbm_core.explain.tti import apply_answer, next_question
 from test_tti_pages import page
 
 

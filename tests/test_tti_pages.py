@@ -6,10 +6,10 @@ from pathlib import Path
 from streamlit.testing.v1 import AppTest
 
 from cbm_core import load_bundle
-from cbm_core.adaptation import few_shot, propose_adaptation
+from cbm_core.analysis.adaptation import few_shot, propose_adaptation
 from cbm_core.demo.paths import load_demo_features
 from cbm_core.demo.shifted import SUPERVISED_BUNDLE, load_shifted_features
-from cbm_core.tti import intervention_curve
+from cbm_core.explain.tti import intervention_curve
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 120

@@ -8,7 +8,7 @@ import torch
 import streamlit as st
 
 from cbm_core import CBMError, ImageError, evaluate, label_from_filename
-from cbm_core.adaptation import AdaptationError, few_shot, propose_adaptation
+from cbm_core.analysis.adaptation import AdaptationError, few_shot, propose_adaptation
 from cbm_core.demo.shifted import SHIFTED_FEATURES, load_shifted_features
 from cbm_core.data.images import printable
 from ui import common, data_source

@@ -1,7 +1,7 @@
 """Expert questions (test-time intervention) on the Intervene page, and the concept-supervised sections
 of the Evaluate page: per-concept AUROC, intervention curves per policy, conditional probabilities.
 
-Every number comes from cbm_core (tti.py, propagation.py); an expert's answer is an ordinary
+Every number comes from cbm_core (explain/tti.py, core/propagation.py); an expert's answer is an ordinary
 set-to-percentile change pushed into the Intervene page's history, so the live panel, undo and
 export treat it like a slider move.
 """
@@ -15,8 +15,8 @@ import streamlit as st
 
 from cbm_core import CBMError, Intervention
 from cbm_core.demo.shifted import SUPERVISED_BUNDLE
-from cbm_core.propagation import ConceptDependencies, conditional_table
-from cbm_core.tti import POLICIES, answers_intervention, has_probabilities, intervention_curve, next_question
+from cbm_core.core.propagation import ConceptDependencies, conditional_table
+from cbm_core.explain.tti import POLICIES, answers_intervention, has_probabilities, intervention_curve, next_question
 from ui import common
 
 POLICY_LABELS = {"expected_change": "expected change of the prediction", "coop": "CooP (uncertainty + influence)",

@@ -32,9 +32,9 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from .analysis.edits import EditResult, adapt_concepts
-from .errors import CBMError
-from .core.model import ConceptBottleneckModel
+from .edits import EditResult, adapt_concepts
+from ..errors import CBMError
+from ..core.model import ConceptBottleneckModel
 
 FACTORS = (1.5, 2.0, 3.0)
 
@@ -241,7 +241,7 @@ def adaptation_sweep(model: ConceptBottleneckModel, target_pool, target_test, so
     """Accuracy on the shifted test set and the source test set after adapting from ``n`` labelled target
     images per class (drawn ``draws`` times from ``target_pool``), for each n in ``shots``. Each data
     argument is a ``FeatureSet`` (embeddings, labels). One row per (n, draw)."""
-    from .analysis.evaluation import evaluate
+    from .evaluation import evaluate
 
     rows = []
     base_target = evaluate(model, target_test.embeddings, target_test.labels).accuracy

@@ -31,7 +31,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from .errors import CBMError
+from ..errors import CBMError
 
 STRUCTURES = ("class", "pairwise")
 _EPS = 1e-4

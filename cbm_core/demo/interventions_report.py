@@ -18,12 +18,12 @@ from pathlib import Path
 
 import torch
 
-from ..adaptation import adaptation_sweep
+from ..analysis.adaptation import adaptation_sweep
 from ..backbone import load_backbone
 from ..core.bundle import load_bundle
 from ..analysis.evaluation import evaluate
-from ..propagation import ConceptDependencies
-from ..tti import POLICIES, intervention_curve, tune_coop
+from ..core.propagation import ConceptDependencies
+from ..explain.tti import POLICIES, intervention_curve, tune_coop
 from .build_supervised import SHIPPED_SHIFTED, fit_supervised
 from .paths import DEMO_BUNDLE
 from .shifted import shifted_features
@@ -130,7 +130,7 @@ def markdown(r: dict) -> str:
           "The predictors are already well calibrated on in-domain data (logistic regressions on a frozen "
           "embedding), so Platt scaling changes little; it matters where predictors are overconfident.",
           "", "## Test-time intervention: accuracy after k answers (ground truth), per policy", "",
-          "Policies (cbm_core/tti.py): random (mean of 3 seeds), uncertainty (p closest to 0.5), expected change "
+          "Policies (cbm_core/explain/tti.py): random (mean of 3 seeds), uncertainty (p closest to 0.5), expected change "
           "(expected KL of the class probabilities over the two answers), CooP (Chauhan et al. 2023: α·entropy + "
           "β·expected change of the top class's probability; β tuned on source validation). Every policy asks "
           "concepts the head uses before those it does not (an answer about an unused concept cannot change the "
@@ -144,7 +144,7 @@ def markdown(r: dict) -> str:
     L += ["", "CooP's β per mode (source validation): "
           + ", ".join(f"{m} β = {e['coop_weights'][1]:g}" for m, e in M.items()) + ".", ""]
     L += ["## Propagation to correlated concepts", "",
-          "Dependencies learnt from the 4,000 training birds' concept labels (cbm_core/propagation.py). Held-out "
+          "Dependencies learnt from the 4,000 training birds' concept labels (cbm_core/core/propagation.py). Held-out "
           "pseudo-log-likelihood of one concept given the others (validation labels): "
           + ", ".join(f"{st} {d['held_out_pseudo_loglik']:.3f}" for st, d in r["dependencies"].items()) + ".", "",
           "| mode | domain | policy | propagation | " + " | ".join(f"k={k}" for k in SHOWN_K) + " |",
@@ -155,7 +155,7 @@ def markdown(r: dict) -> str:
                 for st in ("none", "class", "pairwise"):
                     acc = e["curves"][domain][st][policy]
                     L.append(f"| {mode} | {domain} | {policy} | {st} | " + _row([acc[k] for k in SHOWN_K]) + " |")
-    L += ["", "## Training-free adaptation to the shifted domain (cbm_core/adaptation.py)", "",
+    L += ["", "## Training-free adaptation to the shifted domain (cbm_core/analysis/adaptation.py)", "",
           f"Labelled target images drawn from the shifted validation pool, {r['draws']} draws per number of images "
           "per class; no training: masks and ×1.5/×2/×3 amplifications chosen greedily on the target images' "
           "log-likelihood, refused if they cost source validation accuracy (any) or log-likelihood (> 0.02 nats). "
@@ -285,8 +285,8 @@ training-free: "Learning to Intervene" (Espinosa Zarlenga et al., 2023) learns i
 alongside the model, which this tool does not do; CooP (Chauhan et al., 2023) is the literature's training-free policy.
 
 How the pieces work: `cbm_core/recipes/supervised.py` (the recipe, its joint objective and calibration),
-`cbm_core/tti.py` (answers, policies, curves), `cbm_core/propagation.py` (dependencies and the posterior),
-`cbm_core/adaptation.py` (masks and amplifications, evidence and search), `cbm_core/analysis/edits.py`
+`cbm_core/explain/tti.py` (answers, policies, curves), `cbm_core/core/propagation.py` (dependencies and the posterior),
+`cbm_core/analysis/adaptation.py` (masks and amplifications, evidence and search), `cbm_core/analysis/edits.py`
 (`adapt_concepts`, the `adapt` edit-log entry, replay).
 """
 

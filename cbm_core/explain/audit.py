@@ -226,7 +226,7 @@ def concept_audit(model: ConceptBottleneckModel, fit_on, test_on, *, backbone=No
     ``controls=False`` skips the matched-NEC refits (the slow part: three regularisation paths)."""
     from ..core.concept_layer import TextCosine
     from .reliability import auroc, presence_calibration
-    from ..tti import answer_values
+    from .tti import answer_values
 
     X, y = test_on.embeddings, torch.as_tensor(test_on.labels)
     C = len(model.classes)

@@ -39,10 +39,10 @@ from typing import Mapping, Sequence
 
 import torch
 
-from .core.concept_layer import LinearProjection
-from .errors import CBMError
-from .core.interventions import Intervention
-from .core.model import ConceptBottleneckModel
+from ..core.concept_layer import LinearProjection
+from ..errors import CBMError
+from ..core.interventions import Intervention
+from ..core.model import ConceptBottleneckModel
 
 ANSWERS = ("present", "absent", "unsure")
 POLICIES = ("random", "uncertainty", "expected_change", "coop")
@@ -241,7 +241,7 @@ def answers_intervention(model: ConceptBottleneckModel, embedding: torch.Tensor,
     moved: list[tuple[str, float, float]] = []
     known = {c: r for c, r in answers.items() if r in ("present", "absent")}
     if dependencies is not None and known:
-        from .propagation import propagate
+        from ..core.propagation import propagate
 
         raw = model.concept_scores(emb)
         scores0 = base.apply(raw, model.stats) if base else raw
@@ -322,7 +322,7 @@ def intervention_curve(model: ConceptBottleneckModel, embeddings: torch.Tensor, 
             new = torch.where(truth == 1, values[0][k], values[1][k])
             scores[rows[known], k[known]] = new[known]
             if dependencies is not None:
-                from .propagation import propagate
+                from ..core.propagation import propagate
 
                 scores = propagate(dependencies, scores0.clamp(0, 1), observed, scores=scores, free=~asked)
             acc.append(float((model.head(scores, emb).argmax(-1) == labels).float().mean()))

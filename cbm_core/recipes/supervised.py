@@ -364,7 +364,7 @@ class SupervisedCBM(Recipe):
         # in the bundle so an expert's answer can move the concepts that go with it (propagation.py).
         self.dependencies_ = None
         if self.dependencies != "none":
-            from ..propagation import ConceptDependencies
+            from ..core.propagation import ConceptDependencies
 
             self.dependencies_ = ConceptDependencies(structure=self.dependencies).fit(C, labels, len(self.classes),
                                                                                       names)
