@@ -191,3 +191,39 @@ def test_a_hand_written_version_1_bundle_loads_as_a_cosine_model(tmp_path):
     (path / "manifest.json").write_text(json.dumps(m))
     loaded = load_bundle(path)
     torch.testing.assert_close(loaded.explain_features(train[:5]).logits, model.explain_features(train[:5]).logits)
+
+
+@pytest.mark.parametrize("method", ["gradcam", "layercam"])
+def test_a_saturated_probability_still_gets_its_map(method, tiny_rn):
+    """A sigmoid concept the model is sure of has p = 1.0 in float32, whose gradient is 0; maps read its log-odds
+    (as Grad-CAM reads a class's score before its softmax), so its map is the same as the projection's and not
+    blank."""
+    from cbm_core.explain.saliency import LayerCAM
+
+    g = torch.Generator().manual_seed(0)
+    weight, bias = torch.randn(K, D, generator=g) * 5, torch.full((K,), 100.0)  # logits 70-130: p is 1.0
+    probs, logits = LinearProjection(weight, bias, "sigmoid"), LinearProjection(weight, bias, "none")
+    pixels = torch.randn(1, 3, *tiny_rn.image_size, generator=g)
+    e = F.normalize(tiny_rn.encode_images(pixels).embeddings, dim=-1).requires_grad_(True)
+    p = probs(e)
+    p.sum().backward()
+    assert bool((p == 1.0).all()) and float(e.grad.abs().max()) == 0.0  # through the sigmoid: no gradient at all
+    cam = (GradCAM if method == "gradcam" else LayerCAM)(tiny_rn)
+    maps = cam.attribute(pixels, probs).maps[0]
+    torch.testing.assert_close(maps, cam.attribute(pixels, logits).maps[0])
+    assert float(maps.max()) > 0
+    assert probs.for_maps() is not probs and logits.for_maps() is logits  # a ReLU or no activation stays
+
+
+def test_the_supervised_demo_draws_a_map_for_every_present_part():
+    """On the shipped concept-supervised bundle, the default maps of the parts present in real demo birds are never
+    blank (before maps read log-odds, 29 of 129 were: the concepts it was surest of)."""
+    from cbm_core.demo.paths import ASSETS_DIR
+    from cbm_core.demo.reference_images import part_annotations
+
+    pipe = Pipeline.from_bundle(ASSETS_DIR / "demo_supervised_bundle", device="cpu")
+    blank = []
+    for name, png, parts in part_annotations(8):
+        maps = pipe.concept_maps(pipe.encode(png, name), concepts=list(parts)).maps[0]
+        blank += [c for c, m in zip(parts, maps) if float(m.max()) <= 0]
+    assert not blank, blank

@@ -30,8 +30,11 @@ from ..core.concept_layer import ConceptLayer, TextCosine
 
 
 def as_layer(concepts: "ConceptLayer | torch.Tensor") -> ConceptLayer:
-    """A concept layer, or (K, D) text vectors taken as a cosine layer."""
-    return concepts if isinstance(concepts, ConceptLayer) else TextCosine(F.normalize(concepts.float(), dim=-1))
+    """The layer a map reads (``ConceptLayer.for_maps``: a probability's log-odds), or (K, D) text vectors taken
+    as a cosine layer."""
+    if isinstance(concepts, ConceptLayer):
+        return concepts.for_maps()
+    return TextCosine(F.normalize(concepts.float(), dim=-1))
 
 
 @dataclass(frozen=True)
@@ -126,7 +129,7 @@ class DenseConceptMaps:
         """pixels: (N, 3, H, W) preprocessed, or None when ``spatial`` — the cached (N, C, h, w)
         from ``Backbone.encode_images(with_spatial=True)`` — is given and scale is 1.
         concepts: the model's concept layer (or (K, D) text vectors). Returns the concept scores
-        of every position, (N, K, h, w), in the layer's own units."""
+        of every position, (N, K, h, w), in the layer's own units (a probability as its log-odds)."""
         visual = self.backbone.model.visual
         if spatial is None or self.scale != 1:
             if pixels is None:
