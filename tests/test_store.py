@@ -375,3 +375,30 @@ def test_dn_cbm_sae_from_shards_matches_the_in_memory_fit(train_store, birds):
     assert abs(a.model_.recipe["sae"]["fvu_train"] - b.model_.recipe["sae"]["fvu_train"]) < 1e-5
     assert torch.allclose(a.coef_, b.coef_, atol=1e-4)
     assert torch.allclose(a.model_.predict_proba(X), b.model_.predict_proba(X), atol=1e-4)
+
+
+@pytest.mark.parametrize("residual", [False, True])  # PCBM, PCBM-h (its residual head streamed with a held offset)
+def test_pcbm_from_shards_matches_the_in_memory_fit(train_store, birds, residual):
+    from cbm_core.recipes.pcbm import PCBM
+
+    store, X, y, C = train_store
+    bank, vectors = _concepts(X.shape[1])
+
+    def recipe():
+        return PCBM(concepts=bank, concept_vectors=vectors, classes=birds.classes, backbone_spec="tiny-vit", lam=0.01,
+                    residual=residual)
+
+    a, b = recipe().fit(X, y), recipe().fit(store, store.labels)
+    assert torch.allclose(a.stats_.mean, b.stats_.mean, atol=1e-5)
+    assert torch.allclose(a.stats_.std, b.stats_.std, atol=1e-5)
+    assert torch.equal(a.coef_ == 0, b.coef_ == 0)  # the same concepts per class
+    assert torch.allclose(a.coef_, b.coef_, atol=1e-4) and torch.allclose(a.intercept_, b.intercept_, atol=1e-4)
+    assert (a.residual_coef_ is None) == (b.residual_coef_ is None) == (not residual)
+    if residual:
+        assert torch.allclose(a.residual_coef_, b.residual_coef_, atol=1e-4)
+    assert a.model_.metrics["train_accuracy"] == pytest.approx(b.model_.metrics["train_accuracy"], abs=1e-6)
+    assert torch.allclose(a.model_.predict_proba(X), b.model_.predict_proba(X), atol=1e-4)
+    # the sparsity path streams too, validation included
+    pa, pb = recipe().path(X, y, X, y, n_points=4), recipe().path(store, store.labels, store, store.labels, n_points=4)
+    assert [p.nec for p in pa] == [p.nec for p in pb]
+    assert [p.val_accuracy for p in pa] == pytest.approx([p.val_accuracy for p in pb], abs=1e-6)
