@@ -4,7 +4,8 @@ The CLI's ``build`` and the app's Build page both call ``build_cbm`` with any re
 (``recipes.RECIPES``); it checks every input *before* the slow steps, and long stages report
 ``progress(stage, fraction)`` so a UI can show bars. Everything is kept on the result (skipped
 images, filter reports, the sparsity path, the encoded data) so a failure later loses nothing
-done before.
+done before. With ``stream=True`` a recipe that streams (``Recipe.streams``) trains from the images'
+sharded feature store (``python -m cbm_core extract`` writes it) without loading it whole.
 """
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ import torch
 from .backbone import Backbone
 from .core.concepts import ConceptBank, FilterReport, check_templates
 from .data.datasets import ImageDataset
-from .data.features import FeatureSet, extract_features
-from .errors import DatasetError
+from .data.features import FeatureSet, _with_metadata, extract_features, feature_key
+from .data.sources import RowsSource
+from .errors import DatasetError, RecipeError
 from .analysis.evaluation import Metrics, evaluate
 from .core.model import ConceptBottleneckModel
 from .recipes import PathPoint, RecipeInputs, get_recipe
@@ -32,7 +34,8 @@ class BuildResult:
     removed_concepts: FilterReport = field(default_factory=FilterReport)
     skipped_images: tuple[tuple[str, str], ...] = ()
     path: list[PathPoint] = field(default_factory=list)
-    # The encoded data the model was fitted and validated on, so every page can keep using it.
+    # The encoded data the model was fitted and validated on, so every page can keep using it (the
+    # training features are None when they were streamed from a store).
     train_features: FeatureSet | None = None
     val_features: FeatureSet | None = None
 
@@ -40,10 +43,17 @@ class BuildResult:
 def _split_holdout(feats: FeatureSet, classes: Sequence[str], fraction: float = 0.2,
                    seed: int = 0) -> tuple[FeatureSet, FeatureSet]:
     """Hold out ``fraction`` of every class (at least one image each) for validation."""
+    train, val = _holdout_rows(feats.labels, classes, fraction, seed)
+    return feats.subset(train), feats.subset(val)
+
+
+def _holdout_rows(labels: torch.Tensor, classes: Sequence[str], fraction: float = 0.2,
+                  seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(training rows, validation rows), each sorted: ``fraction`` of every class held out."""
     g = torch.Generator().manual_seed(seed)
     train, val = [], []
     for c, name in enumerate(classes):
-        rows = (feats.labels == c).nonzero().flatten()
+        rows = (labels == c).nonzero().flatten()
         if len(rows) < 2:
             raise DatasetError(f"Class '{name}' has {len(rows)} readable image{'s' * (len(rows) != 1)}; at least 2 are "
                                f"needed (one to fit, one to validate), or pass a separate validation set.")
@@ -51,11 +61,11 @@ def _split_holdout(feats: FeatureSet, classes: Sequence[str], fraction: float = 
         n_val = max(1, round(len(rows) * fraction))
         val.append(rows[:n_val])
         train.append(rows[n_val:])
-    return feats.subset(torch.cat(train).sort().values), feats.subset(torch.cat(val).sort().values)
+    return torch.cat(train).sort().values, torch.cat(val).sort().values
 
 
-def _check_classes_present(feats: FeatureSet, classes: Sequence[str], what: str) -> None:
-    counts = torch.bincount(feats.labels, minlength=len(classes))
+def _check_classes_present(labels: torch.Tensor, classes: Sequence[str], what: str) -> None:
+    counts = torch.bincount(labels, minlength=len(classes))
     empty = [classes[c] for c in range(len(classes)) if int(counts[c]) == 0]
     if empty:
         raise DatasetError(f"The {what} images have no readable image of class{'es' * (len(empty) > 1)} "
@@ -66,14 +76,21 @@ def build_cbm(backbone: Backbone, train: ImageDataset, bank: ConceptBank | None 
               val: ImageDataset | None = None, templates: Sequence[str] = ("{}",), recipe: str = "pcbm",
               candidate_pool: dict[str, Sequence[str]] | None = None, vocabulary: Sequence[str] | None = None,
               dedupe: float | None = None, class_similarity: float | None = None, with_path: bool = False,
-              progress: Progress | None = None, **params) -> BuildResult:
+              stream: bool = False, progress: Progress | None = None, **params) -> BuildResult:
     """Fit ``recipe`` (any registered name) on ``train``, validating on ``val`` or, when None, on
     20 % of each class held out. ``params`` are the recipe's options (e.g. ``lam=1e-3``); ``bank``,
     ``candidate_pool`` and ``vocabulary`` are given where the recipe needs them (``Recipe.needs``).
-    ``dedupe`` / ``class_similarity`` filter a concept list by text similarity first."""
+    ``dedupe`` / ``class_similarity`` filter a concept list by text similarity first. ``stream``: train
+    from the training images' complete feature store without loading it (``Recipe.streams`` recipes;
+    validation features are held in memory; the result keeps no training features)."""
     report = lambda stage, frac: progress(stage, frac) if progress else None  # noqa: E731
     cls = get_recipe(recipe)
     params = cls.check_params(params)  # bad options fail now, not after encoding
+    if stream and not cls.streams:
+        from .recipes import RECIPES
+
+        raise RecipeError(f"Recipe '{cls.name}' loads its training features whole and cannot stream them; the "
+                          f"recipes that can: {', '.join(n for n, r in RECIPES.items() if r.streams)}.")
     templates = check_templates(templates)
     if len(train.classes) < 2:
         raise DatasetError(f"The training data has {len(train.classes)} class; a classifier needs at least 2.")
@@ -99,29 +116,69 @@ def build_cbm(backbone: Backbone, train: ImageDataset, bank: ConceptBank | None 
         if len(bank) == 0:
             raise DatasetError("The concept filters removed every concept; loosen them.")
         inputs = RecipeInputs(**{**inputs.__dict__, "concepts": bank})
-    feats = extract_features(backbone, train, progress=lambda d, t: report("encoding training images", d / t))
-    skipped = feats.skipped
-    _check_classes_present(feats, train.classes, "training")
-    if val is not None:
-        vfeats = extract_features(backbone, val, progress=lambda d, t: report("encoding validation images", d / t))
-        skipped = skipped + vfeats.skipped
-        tr, va = feats, vfeats
+    if stream:
+        store = _complete_store(backbone, train)
+        report("reading the training features' store", 0.0)
+        tr_y, tr_kept, skipped = _store_rows(store)
+        tr_x, tr_concepts, train_features = store, None, None
+        _check_classes_present(tr_y, train.classes, "training")
+        if val is None:
+            rows, held = _holdout_rows(tr_y, train.classes)
+            va = _with_metadata(train, store.take(held), tr_y[held], tr_kept[held], ())
+            tr_x, tr_y = RowsSource(store, rows), tr_y[rows]
     else:
-        tr, va = _split_holdout(feats, train.classes)
+        feats = extract_features(backbone, train, progress=lambda d, t: report("encoding training images", d / t))
+        skipped = feats.skipped
+        _check_classes_present(feats.labels, train.classes, "training")
+        train_features, va = (feats, None) if val is not None else _split_holdout(feats, train.classes)
+        tr_x, tr_y, tr_concepts = train_features.embeddings, train_features.labels, train_features.concept_labels
+    if val is not None:
+        va = extract_features(backbone, val, progress=lambda d, t: report("encoding validation images", d / t))
+        skipped = skipped + va.skipped
     report("preparing the recipe", 0.0)
     est = cls.from_inputs(inputs, **params)
     path = []
     if with_path:
         report("sparsity path", 0.0)
-        path = est.path(tr.embeddings, tr.labels, va.embeddings, va.labels,
-                        progress=lambda f: report("sparsity path", f))
+        path = est.path(tr_x, tr_y, va.embeddings, va.labels, progress=lambda f: report("sparsity path", f))
     report(f"fitting {cls.name}", 0.0)
-    est.fit(tr.embeddings, tr.labels, val_features=va.embeddings, val_labels=va.labels,
-            concept_labels=tr.concept_labels, val_concept_labels=va.concept_labels)
+    est.fit(tr_x, tr_y, val_features=va.embeddings, val_labels=va.labels, concept_labels=tr_concepts,
+            val_concept_labels=va.concept_labels)
     metrics = evaluate(est.model_, va.embeddings, va.labels, va.groups)
     model = est.model_.with_changes(metrics={
         **est.model_.metrics, "val_accuracy": metrics.accuracy, "val_worst_group": metrics.worst_group,
-        **est.model_.sparsity(), "n_train": int(len(tr.labels)), "n_val": int(len(va.labels)),
+        **est.model_.sparsity(), "n_train": int(len(tr_y)), "n_val": int(len(va.labels)),
         "skipped_images": len(skipped)})
     report("done", 1.0)
-    return BuildResult(model, metrics, removed, skipped, path, tr, va)
+    return BuildResult(model, metrics, removed, skipped, path, train_features, va)
+
+
+def _complete_store(backbone: Backbone, dataset: ImageDataset):
+    """The dataset's complete feature store for this backbone, or a ``DatasetError`` that says how to make one."""
+    from .data.store import FeatureStore, StoreError, default_store_root
+
+    root = default_store_root(backbone, dataset)
+    how = (f"write it with `python -m cbm_core extract --backbone {backbone.spec}` and the same data (a run that "
+           f"stops resumes), or build without streaming")
+    try:
+        store = FeatureStore.open(root)
+    except StoreError as exc:
+        raise DatasetError(f"No feature store of these images for this backbone and precision: {exc} {how}.") from None
+    if store.key != feature_key(backbone, dataset.fingerprint()) or store.n_records != len(dataset):
+        raise DatasetError(f"The feature store at '{root}' holds other images or another backbone's features; {how}.")
+    if not store.complete:
+        raise DatasetError(f"The feature store at '{root}' is incomplete ({len(store.missing_shards())} of "
+                           f"{store.n_shards} shards missing); {how}.")
+    return store
+
+
+def _store_rows(store) -> tuple[torch.Tensor, torch.Tensor, tuple]:
+    """A store's labels, kept record indices and skipped images, in one pass."""
+    labels, kept, skipped = [], [], []
+    for shard in store.iter_shards():
+        labels.append(shard.labels)
+        kept.append(shard.kept)
+        skipped += shard.skipped
+    if not labels or not sum(len(x) for x in labels):
+        raise DatasetError(f"The feature store at '{store.root}' holds no readable image.")
+    return torch.cat(labels), torch.cat(kept), tuple(skipped)

@@ -99,7 +99,7 @@ def cmd_build(args) -> None:
     try:
         result = build_cbm(backbone, train, bank, val=val, templates=templates, recipe=recipe.name,
                            candidate_pool=pool, vocabulary=vocabulary, dedupe=args.dedupe,
-                           class_similarity=args.class_similarity, progress=bars, **params)
+                           class_similarity=args.class_similarity, stream=args.stream, progress=bars, **params)
     finally:
         bars.close()
     for name, why in result.removed_concepts.removed:
@@ -617,11 +617,14 @@ def build_parser(recipe_name: str = "pcbm") -> argparse.ArgumentParser:
         else:
             options.add_argument(param.flag, dest=param.name, metavar=param.type.__name__.upper(),
                                  choices=param.choices, **kwargs)
+    if recipe.streams:
+        b.add_argument("--stream", action="store_true",
+                       help="train from --data's feature store (`extract` writes it) without loading it whole")
     b.add_argument("--out", required=True, help="bundle folder, or a path ending in .zip")
     b.add_argument("--overwrite", action="store_true", help="replace a bundle that already exists at --out")
     common(b, bundle=False)
     b.set_defaults(func=cmd_build, concepts=None, pool=None, vocabulary=None, template=None, dedupe=None,
-                   class_similarity=None)
+                   class_similarity=None, stream=False)
 
     p = sub.add_parser("predict", help="images -> predictions and the concepts behind them")
     p.add_argument("images", nargs="+")

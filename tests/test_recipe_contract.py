@@ -128,3 +128,21 @@ def test_the_cli_builds_every_recipe(name, shapes, tiny_vit, tmp_path, monkeypat
     summary = json.loads(capsys.readouterr().out)
     assert summary["recipe"].startswith(name.split("-")[0]) and summary["n_train"] + summary["n_val"] == 36
     assert load_bundle(tmp_path / "out").recipe["name"] == summary["recipe"]
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if get_recipe(n).streams])
+def test_a_recipe_that_streams_fits_and_paths_from_a_source(name, shapes, tiny_vit):
+    """``Recipe.streams`` (what ``build --stream`` offers) is kept: fit and path take a ``FeatureSource``.
+    (That the streamed fit equals the in-memory one is checked per recipe in test_store.py.)"""
+    from cbm_core.data.sources import TensorSource
+
+    _, data, feats = shapes
+    cls = get_recipe(name)
+    source = TensorSource(feats.embeddings)
+    est = cls.from_inputs(inputs_for(tiny_vit, data)).fit(source, feats.labels, val_features=feats.embeddings,
+                                                           val_labels=feats.labels)
+    probs = est.model_.explain_features(feats.embeddings).probs
+    assert est.model_.classes == data.classes and torch.isfinite(probs).all()
+    path = cls.from_inputs(inputs_for(tiny_vit, data)).path(source, feats.labels, feats.embeddings, feats.labels,
+                                                             n_points=3)
+    assert len(path) == 3 and all(p.val_accuracy is not None for p in path)

@@ -266,6 +266,47 @@ def test_cli_extract_warms_the_cache_that_build_reads(tmp_path, birds, tiny_vit,
     assert json.loads(capsys.readouterr().out)["shards_reused"] == 5
 
 
+def test_cli_build_streams_from_the_store_that_extract_wrote(tmp_path, birds, capsys, monkeypatch):
+    """``build --stream`` trains from the store without loading it: the same bundle as a build that loads it
+    whole (up to the chunked sums' rounding), the held-out 20 % read by row. Without a store it says how to
+    write one; a recipe that cannot stream says which can."""
+    from cbm_core import load_bundle
+    from cbm_core.backbone import load_backbone
+    from cbm_core.build import build_cbm
+    from cbm_core.cli import main
+    from cbm_core.errors import RecipeError
+
+    monkeypatch.setenv("CBM_CACHE_DIR", str(tmp_path / "cache"))
+    manifest = Path(birds.records[0].path).parent.parent / "manifest.csv"
+    (tmp_path / "concepts.txt").write_text("red crown\nblue wing\nlong beak\nstriped tail\nwater\nland\n")
+    build = ["build", "--backbone", "tiny-vit:random", "--data", str(manifest), "--concepts",
+             str(tmp_path / "concepts.txt"), "--lam", "0.01", "--device", "cpu", "--quiet"]
+
+    def run(*argv):
+        torch.manual_seed(0)  # the CLI loads tiny-vit:random itself: the same seed, the same weights and key
+        return main(list(argv))
+
+    assert run(*build, "--stream", "--out", str(tmp_path / "none")) == 2
+    err = capsys.readouterr().err
+    assert "No feature store" in err and "cbm_core extract" in err and not (tmp_path / "none").exists()
+    assert run("extract", "--backbone", "tiny-vit:random", "--data", str(manifest), "--device", "cpu",
+               "--shard-size", "16", "--batch-size", "8", "--workers", "0", "--quiet") == 0
+    capsys.readouterr()
+    assert run(*build, "--stream", "--out", str(tmp_path / "streamed")) == 0
+    assert run(*build, "--out", str(tmp_path / "loaded")) == 0
+    streamed, loaded = load_bundle(tmp_path / "streamed"), load_bundle(tmp_path / "loaded")
+    for key in ("n_train", "n_val", "skipped_images", "val_accuracy"):
+        assert streamed.metrics[key] == loaded.metrics[key], key
+    assert streamed.metrics["skipped_images"] == 2 and streamed.metrics["n_train"] + streamed.metrics["n_val"] == 70
+    assert torch.equal(streamed.weight == 0, loaded.weight == 0)
+    assert torch.allclose(streamed.weight, loaded.weight, atol=1e-4)
+    assert torch.allclose(streamed.bias, loaded.bias, atol=1e-4)
+    assert torch.allclose(streamed.stats.mean, loaded.stats.mean, atol=1e-5)
+    torch.manual_seed(0)
+    with pytest.raises(RecipeError, match="pcbm"):
+        build_cbm(load_backbone("tiny-vit:random", device="cpu"), birds, recipe="labo", stream=True)
+
+
 def test_ray_engine_without_ray_says_how_to_install(monkeypatch, birds, tiny_vit, tmp_path):
     import builtins
 

@@ -151,6 +151,7 @@ class Recipe:
     needs: ClassVar[tuple[str, ...]] = ("labels",)
     uses_text: ClassVar[bool] = True
     baseline: ClassVar[bool] = False  # a reference point (linear probe, random concepts), not a CBM recipe
+    streams: ClassVar[bool] = False  # fit / path accept a FeatureSource (a sharded store) and never load it whole
     params: ClassVar[tuple[Param, ...]] = ()
 
     @classmethod

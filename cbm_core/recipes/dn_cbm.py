@@ -306,6 +306,7 @@ class DNCBM(Recipe):
     paper = ("Rao et al., Discover-then-Name: Task-Agnostic Concept Bottlenecks via Automated Concept Discovery, "
              "ECCV 2024")
     needs = ("labels", "vocabulary")
+    streams = True
     params = (LAM,
               Param("l1_ratio", float, 0.99, "share of the l1 penalty in the elastic net (1 = lasso)", low=0.0,
                     high=1.0),

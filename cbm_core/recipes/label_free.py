@@ -265,6 +265,7 @@ class LabelFreeCBM(Recipe):
                "cannot learn, then a sparse elastic-net head.")
     paper = "Oikarinen et al., Label-free Concept Bottleneck Models, ICLR 2023"
     needs = ("labels", "concepts")
+    streams = True
     params = (LAM,
               Param("l1_ratio", float, 0.99, "share of the l1 penalty in the elastic net (1 = lasso)", low=0.0,
                     high=1.0),

@@ -46,6 +46,7 @@ class PCBM(Recipe):
                "elastic-net head over them. PCBM-h adds a residual head on the raw embedding.")
     paper = "Yuksekgonul et al., Post-hoc Concept Bottleneck Models, ICLR 2023"
     needs = ("labels", "concepts")
+    streams = True
     params = (LAM, L1_RATIO,
               Param("residual", bool, False, "PCBM-h: add a residual linear head on the raw embedding"),
               Param("residual_lam", float, 1e-3, "ridge strength of the residual head", low=0.0, high=10.0, log=True),
