@@ -87,6 +87,8 @@ def test_interventions_compose_and_round_trip_through_json(hand_model):
     ('{"format": "cbm-intervention", "version": 1, "changes": [{"op": "scale", "concept": 3, "factor": 2}]}', "must be a name"),
     ('{"format": "cbm-intervention", "version": 1, "changes": [{"op": "scale", "concept": "x", "factor": "2"}]}', "finite number"),
     ('{"format": "cbm-intervention", "version": 1, "changes": [{"op": "set", "concept": "x", "value": NaN}]}', "finite number"),
+    ('{"format": "cbm-intervention", "version": 1, "changes": [{"op": "clamp", "concept": "x", "low": 90, "high": 10}]}',
+     "above high"),
 ])
 def test_bad_intervention_files(bad, message):
     with pytest.raises(InterventionError, match=message):

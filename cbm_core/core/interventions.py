@@ -59,6 +59,9 @@ class ConceptChange:
             raise InterventionError(f"scale '{self.concept}': a factor is required.")
         if self.op == "clamp" and self.low is None and self.high is None:
             raise InterventionError(f"clamp '{self.concept}': give low and/or high percentiles.")
+        if self.op == "clamp" and self.low is not None and self.high is not None and self.low > self.high:
+            raise InterventionError(f"clamp '{self.concept}': low (p{self.low:g}) is above high (p{self.high:g}); "
+                                    "swap them.")
 
     def describe(self) -> str:
         if self.op == "set":
