@@ -229,20 +229,27 @@ def test_a_concept_never_present_gets_a_low_probability_and_is_flagged(with_gree
 
 
 @pytest.mark.parametrize("bundle", [DEMO_BUNDLE, SUPERVISED_BUNDLE], ids=["pcbm", "supervised"])
-def test_calibration_from_labels_is_at_least_as_good_as_the_mixture(bundle, val, test_split):
+def test_calibration_from_labels_is_at_least_as_good_as_the_fallback(bundle, val, test_split):
+    """Without labels, PCBM's presence is a mixture over its training scores (a rough guess, which Platt scaling
+    on labelled validation birds beats) and the supervised bundle's is its predictors' own probability (which
+    its recipe already calibrated on validation labels: as good as Platt's)."""
     model = bare(load_bundle(bundle))
     y_val = rel.labels_in_model_order(model, val.concept_labels, LABEL_NAMES)
     y_test = rel.labels_in_model_order(model, test_split.concept_labels, LABEL_NAMES)
     labelled = rel.PresenceCalibration.fit(model, model.concept_scores(val.embeddings), y_val)
-    mixture = rel.PresenceCalibration.fit(model)
-    assert labelled.method == "labels" and mixture.method == "mixture"
+    fallback = rel.PresenceCalibration.fit(model)
+    assert labelled.method == "labels" and fallback.method == ("mixture" if bundle == DEMO_BUNDLE else "model")
     s = model.concept_scores(test_split.embeddings)
     ece_lab = rel.expected_calibration_error(labelled.predict(s), y_test)
-    ece_mix = rel.expected_calibration_error(mixture.predict(s), y_test)
-    assert ece_lab <= ece_mix and ece_lab < 0.03, (ece_lab, ece_mix)
-    assert labelled.ece is not None and labelled.ece < labelled.ece_mixture
+    ece_fallback = rel.expected_calibration_error(fallback.predict(s), y_test)
+    assert ece_lab < 0.03 and labelled.ece is not None, (ece_lab, ece_fallback)
+    if bundle == DEMO_BUNDLE:
+        assert ece_lab <= ece_fallback and labelled.ece < labelled.ece_mixture, (ece_lab, ece_fallback)
+    else:
+        assert ece_fallback < 0.03 and labelled.ece_mixture < 0.03, (ece_lab, ece_fallback)
     assert all(a is not None and a > 0.8 for a in labelled.auroc)
-    assert "calibrated on 1600 labelled images" in labelled.describe() and "rough guess" in mixture.describe()
+    assert "calibrated on 1600 labelled images" in labelled.describe()
+    assert ("rough guess" if bundle == DEMO_BUNDLE else "predictors' own") in fallback.describe()
 
 
 # -- the atlas ------------------------------------------------------------------------------------------

@@ -62,6 +62,14 @@ class ConceptStats:
         y0, y1 = QUANTILE_LEVELS[idx - 1], QUANTILE_LEVELS[idx]
         t = torch.where(x1 > x0, (values - x0) / (x1 - x0).clamp_min(1e-12), torch.full_like(values, 0.5))
         pct = y0 + t.clamp(0, 1) * (y1 - y0)
+        # A score equal to training percentiles sits at the middle of their run: a sigmoid's 1.0 held by the top
+        # quarter of training images reads p87.5, not p99.5 (nor a ReLU's 0 the run's top end).
+        first = torch.searchsorted(q, values, right=False)
+        last = torch.searchsorted(q, values, right=True) - 1
+        levels = QUANTILE_LEVELS.to(pct.dtype)
+        tied = (last >= first) & (first < q.shape[1])
+        mid = (levels[first.clamp(max=q.shape[1] - 1)] + levels[last.clamp(min=0)]) / 2
+        pct = torch.where(tied, mid, pct)
         pct = torch.where(values < q[:, :1], 0.0, torch.where(values > q[:, -1:], 100.0, pct))
         return pct.T.reshape(scores.shape)
 

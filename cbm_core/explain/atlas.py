@@ -48,13 +48,15 @@ class ConceptAtlas:
         return pd.DataFrame(rows)
 
 
-def _atlases(names, scores: torch.Tensor, stats, n: int) -> dict[str, ConceptAtlas]:
+def _atlases(names, scores: torch.Tensor, stats, n: int, rank: torch.Tensor | None = None) -> dict[str, ConceptAtlas]:
+    """``rank``: what to order by when it is not the scores themselves (a probability's log-odds)."""
     N = len(scores)
     n = max(0, min(int(n), N))
     pct = stats.percentile_of(scores)
+    rank = scores if rank is None else rank
     # A stable sort, so ties keep the reference order (reproducible atlases).
-    order = scores.argsort(dim=0, descending=True, stable=True)  # (N, K)
-    low = scores.argsort(dim=0, descending=False, stable=True)
+    order = rank.argsort(dim=0, descending=True, stable=True)  # (N, K)
+    low = rank.argsort(dim=0, descending=False, stable=True)
     out = {}
     for k, name in enumerate(names):
         def entry(i):
@@ -69,14 +71,22 @@ def atlas_index(model: ConceptBottleneckModel, embeddings: torch.Tensor, n: int 
                 scores: torch.Tensor | None = None) -> dict[str, ConceptAtlas]:
     """Every concept's atlas over reference embeddings (N, D) (or their raw ``scores`` (N, K))."""
     scores = model.concept_scores(embeddings) if scores is None else scores
-    return _atlases(model.concepts.names, scores, model.stats, n)
+    return _atlases(model.concepts.names, scores, model.stats, n, _rank(model.concept_layer, embeddings))
 
 
 def concept_atlas(model: ConceptBottleneckModel, embeddings: torch.Tensor, concept: str, n: int = 6) -> ConceptAtlas:
     """One concept's atlas over reference embeddings (N, D)."""
     k = model.concepts.index(concept)
-    scores = model.concept_layer.subset([k])(embeddings.float())
-    return _atlases((concept,), scores, model.stats.subset([k]), n)[concept]
+    layer = model.concept_layer.subset([k])
+    scores = layer(embeddings.float())
+    return _atlases((concept,), scores, model.stats.subset([k]), n, _rank(layer, embeddings))[concept]
+
+
+def _rank(layer, embeddings: torch.Tensor) -> torch.Tensor | None:
+    """A probability layer's log-odds (``ConceptLayer.for_maps``), which orders the images its scores tie at
+    1.0 (a quarter of the supervised demo's training images on some concepts); None for any other layer."""
+    evidence = layer.for_maps()
+    return None if evidence is layer else evidence(embeddings.float())
 
 
 @dataclass(frozen=True)

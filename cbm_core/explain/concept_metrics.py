@@ -160,9 +160,9 @@ def pointing_game(pipe, items: Iterable[tuple[str, object, dict]], method: str |
                   progress: Callable[[int], None] | None = None) -> PointingResult:
     """The pointing game of ``pipe.model``'s maps: ``items`` yields ``(name, image source, {concept:
     Annotation})``; for every annotated concept the model has, is its map's maximum (inside the part of
-    the picture the model saw) on the annotation? Maps are drawn with the longest side at most
-    ``max_side``; points count within ``tolerance`` image pixels (default ``default_tolerance``). ``method``:
-    a saliency method the tower offers, None for its default."""
+    the picture the model saw) on the annotation? A blank map has no maximum: a miss. Maps are drawn with
+    the longest side at most ``max_side``; points count within ``tolerance`` image pixels (default
+    ``default_tolerance``). ``method``: a saliency method the tower offers, None for its default."""
     import pandas as pd
 
     from ..errors import ImageError
@@ -193,7 +193,9 @@ def pointing_game(pipe, items: Iterable[tuple[str, object, dict]], method: str |
             seen = maps[j, top:top + height, left:left + width]
             py, px = divmod(int(seen.argmax()), seen.shape[1])
             ann = parts[concept]
-            hits.setdefault(concept, []).append(ann.hit(px + left, py + top, (out[0] / W, out[1] / H), tol))
+            blank = bool(seen.max() <= seen.min())  # no maximum to point with: a miss, not the corner pixel
+            hit = not blank and ann.hit(px + left, py + top, (out[0] / W, out[1] / H), tol)
+            hits.setdefault(concept, []).append(hit)
             chances.setdefault(concept, []).append(ann.chance(enc.size, tol))
         if progress:
             progress(count + 1)

@@ -12,7 +12,9 @@ on, so no score means what it meant in training. This module measures each, per 
   labels exist (``kind = "labels"``); otherwise, without labels, from the training score
   distribution the model already stores (its 101 percentiles): a two-component Gaussian mixture
   whose upper component is read as "present" (``kind = "mixture"``) — a rough guess that assumes
-  images with and without a concept form two bumps; the UI says which was used.
+  images with and without a concept form two bumps; the UI says which was used. A layer whose scores
+  are probabilities (a concept-supervised one, trained on concept labels) needs no guess: its own
+  probability is the fallback (``kind = "model"``).
 - **location** (``location_scores``): for each shown map, how concentrated it is (the share of its
   mass in its top 10 % of pixels, rescaled so an even map scores 0 and a single spot 1) and how far
   the concept's score falls when that region is deleted, against deleting a region of the same
@@ -59,8 +61,9 @@ TOP_FRACTION = 0.10
 LOCATION_MARGIN = 0.10
 # A map's verdicts. "Not on its evidence" says what the deletion shows: its bright region may well sit on the part
 # (on the demo most such maps do), but the score does not depend on that region more than on any other.
-ON_EVIDENCE, NOT_ON_EVIDENCE, SPREAD_OUT = "on its evidence", "not on its evidence", "spread out"
-MAP_VERDICTS = (ON_EVIDENCE, NOT_ON_EVIDENCE, SPREAD_OUT)
+# A blank map (one value everywhere: the method found no evidence) has no region to point at or delete.
+ON_EVIDENCE, NOT_ON_EVIDENCE, SPREAD_OUT, BLANK = "on its evidence", "not on its evidence", "spread out", "blank"
+MAP_VERDICTS = (ON_EVIDENCE, NOT_ON_EVIDENCE, SPREAD_OUT, BLANK)
 MAX_REFERENCE_NUMBERS = 32_768  # rank x embedding width kept for the Mahalanobis reference
 
 
@@ -192,12 +195,13 @@ def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, n_bins
 class PresenceCalibration:
     """p(concept present | its raw score), per concept.
 
-    kind: per concept, ``labels`` (Platt scaling on labelled data: ``sigmoid(slope * x + intercept)``)
-    or ``mixture`` (the upper bump of a two-Gaussian mixture over the training percentiles);
+    kind: per concept, ``labels`` (Platt scaling on labelled data: ``sigmoid(slope * x + intercept)``),
+    ``mixture`` (the upper bump of a two-Gaussian mixture over the training percentiles) or ``model``
+    (the score itself, for a layer whose scores are probabilities trained on concept labels);
     x is the raw score, or its logit for a layer whose scores are probabilities (``logit``).
     slope, intercept: (K,); mixture: (K, 5); auroc: per concept on the labelled data (None where
     unlabelled or one class only); ece: out-of-fold calibration error of the label fits (pooled),
-    ece_mixture: the unsupervised fit's error on the same labels (how rough it is), both None
+    ece_mixture: the fallback's (mixture or model) error on the same labels (how rough it is), both None
     without labels; n_labelled: labelled images used; fitted_on: in words."""
 
     concepts: tuple[str, ...]
@@ -214,7 +218,7 @@ class PresenceCalibration:
 
     @property
     def method(self) -> str:
-        """``labels``, ``mixture`` or ``mixed`` (labels for some concepts only)."""
+        """``labels``, ``mixture``, ``model`` or ``mixed`` (labels for some concepts only)."""
         kinds = set(self.kind)
         return kinds.pop() if len(kinds) == 1 else "mixed"
 
@@ -224,8 +228,12 @@ class PresenceCalibration:
             return ("Presence probabilities are unsupervised: fitted to each concept's training score distribution "
                     "(two bumps, the upper one read as 'present'), because no concept labels were available. "
                     "Treat them as a rough guess.")
+        if self.method == "model":
+            return ("Presence probabilities are the concept predictors' own (trained on concept labels); no labelled "
+                    "validation data recalibrated them.")
+        others = ("the predictors' own probabilities" if self.logit else "unsupervised, from the training scores")
         part = "" if self.method == "labels" else (f" ({sum(k == 'labels' for k in self.kind)} of {len(self.kind)} "
-                                                    "concepts; the others unsupervised, from the training scores)")
+                                                    f"concepts; the others {others})")
         ece = f"; calibration error {self.ece:.3f} out of fold" if self.ece is not None else ""
         return (f"Presence probabilities are calibrated on {self.n_labelled} labelled images ({self.fitted_on}){part} "
                 f"by logistic (Platt) scaling per concept{ece}.")
@@ -236,7 +244,9 @@ class PresenceCalibration:
         p_mix = _mixture_probability(x, self.mixture)
         p_lab = torch.sigmoid(x * self.slope + self.intercept)
         labelled = torch.tensor([k == "labels" for k in self.kind])
-        return torch.where(labelled, p_lab, p_mix).float()
+        own = torch.tensor([k == "model" for k in self.kind])
+        p_fallback = torch.where(own, scores.double().clamp(0, 1), p_mix)
+        return torch.where(labelled, p_lab, p_fallback).float()
 
     @classmethod
     def fit(cls, model: ConceptBottleneckModel, scores: torch.Tensor | None = None,
@@ -250,7 +260,10 @@ class PresenceCalibration:
         quantiles = _transform(model.stats.quantiles, logit)
         mixture = _mixture(quantiles)
         slope, intercept = torch.zeros(K, dtype=torch.float64), torch.zeros(K, dtype=torch.float64)
-        kind, aucs, n_labelled, ece, ece_mix = ["mixture"] * K, [None] * K, 0, None, None
+        # Probabilities trained on concept labels are their own fallback: a mixture over their percentiles
+        # (a third of them saturated at 0 or 1) would be a worse guess.
+        fallback = "model" if logit else "mixture"
+        kind, aucs, n_labelled, ece, ece_mix = [fallback] * K, [None] * K, 0, None, None
         if scores is not None and concept_labels is not None:
             y = concept_labels.double()
             if y.shape != scores.shape:
@@ -259,7 +272,7 @@ class PresenceCalibration:
             g = torch.Generator().manual_seed(seed)
             fold = torch.randint(0, folds, (len(x),), generator=g)
             has = (~torch.isnan(y)).sum(0) >= 2
-            kind = ["labels" if bool(h) else "mixture" for h in has]
+            kind = ["labels" if bool(h) else fallback for h in has]
             slope, intercept = _platt(x, y)
             aucs = [auroc(x[~torch.isnan(y[:, k]), k], y[~torch.isnan(y[:, k]), k]) if has[k] else None
                     for k in range(K)]
@@ -276,7 +289,8 @@ class PresenceCalibration:
                 oof, yl = out_of_fold[:, labelled], y[:, labelled]
                 keep = ~torch.isnan(oof) & ~torch.isnan(yl)
                 ece = expected_calibration_error(oof[keep], yl[keep])
-                ece_mix = expected_calibration_error(_mixture_probability(x, mixture)[:, labelled], y[:, labelled])
+                unsupervised = scores.double().clamp(0, 1) if logit else _mixture_probability(x, mixture)
+                ece_mix = expected_calibration_error(unsupervised[:, labelled], y[:, labelled])
         return cls(tuple(model.concepts.names), tuple(kind), slope, intercept, mixture, logit, tuple(aucs), ece,
                    ece_mix, n_labelled, fitted_on)
 
@@ -294,7 +308,7 @@ class PresenceCalibration:
         if not isinstance(data, dict) or data.get("concepts_sha1") != concepts_digest(concepts):
             raise ValueError("the stored presence calibration was fitted for another concept list")
         kind = data.get("kind")
-        if not isinstance(kind, list) or len(kind) != K or not set(kind) <= {"labels", "mixture"}:
+        if not isinstance(kind, list) or len(kind) != K or not set(kind) <= {"labels", "mixture", "model"}:
             raise ValueError("the stored presence calibration's 'kind' is malformed")
         mixture = data.get("mixture")
         if not isinstance(mixture, list) or len(mixture) != K:
@@ -340,10 +354,11 @@ _MIXTURE_CACHE: dict = {}
 
 # -- out of distribution --------------------------------------------------------------------------
 def extreme_concepts(stats: ConceptStats, scores: torch.Tensor) -> torch.Tensor:
-    """(N, K) bool: concept scores at or beyond the 0th / 100th training percentile (outside every
-    training score). scores: (N, K) raw."""
+    """(N, K) bool: concept scores beyond the 0th / 100th training percentile (outside every training
+    score). scores: (N, K) raw. Strictly beyond: a sigmoid's 1.0 or a ReLU's 0 that training images share
+    is not outside them."""
     s = scores.float()
-    return (s <= stats.quantiles[0]) | (s >= stats.quantiles[-1])
+    return (s < stats.quantiles[0]) | (s > stats.quantiles[-1])
 
 
 @dataclass(frozen=True, eq=False)
@@ -538,14 +553,16 @@ class LocationScore:
 
     concentration: 0 = the map is even, 1 = all its mass is in its top ``top_fraction`` of pixels
     (min-max normalised map); drop: how far the concept's score falls (in training standard
-    deviations) when that region is deleted (set to the dataset mean colour); control_drop: the same
-    for the region's shape moved half an image away."""
+    deviations; a probability's log-odds in theirs) when that region is deleted (set to the dataset mean
+    colour); control_drop: the same for the region's shape moved half an image away; blank: the map is
+    one value everywhere (no region; both drops 0, not measured)."""
 
     concept: str
     concentration: float
     drop: float
     control_drop: float
     top_fraction: float = TOP_FRACTION
+    blank: bool = False
 
     @property
     def specificity(self) -> float:
@@ -557,7 +574,10 @@ class LocationScore:
         more than deleting the same shape elsewhere), else ``spread out`` (no region stands out) or
         ``not on its evidence`` (a region stands out, but deleting it matters no more than deleting elsewhere).
         The deletion decides first: dense maps of a coarse tower are smooth (concentration 0.03-0.2 on
-        Toy Birds), and a smooth map whose brightest region still carries the evidence is on it."""
+        Toy Birds), and a smooth map whose brightest region still carries the evidence is on it. ``blank``
+        when the map shows nothing."""
+        if self.blank:
+            return BLANK
         if self.drop > 0 and self.specificity >= LOCATION_MARGIN:
             return ON_EVIDENCE
         return SPREAD_OUT if self.concentration < 0.05 else NOT_ON_EVIDENCE
@@ -566,6 +586,8 @@ class LocationScore:
         """E.g. "map on its evidence (its brightest 10% deleted: -0.82 sd, elsewhere -0.05; 31% concentrated)":
         how the concept's score moves when the map's brightest region is deleted, and when the same shape
         elsewhere is."""
+        if self.blank:
+            return "map blank (this method finds no evidence for it in this image)"
         return (f"map {self.verdict} (its brightest {self.top_fraction:.0%} deleted: {-self.drop:+.2f} sd, elsewhere "
                 f"{-self.control_drop:+.2f}; {self.concentration:.0%} concentrated)")
 
@@ -636,16 +658,28 @@ def location_scores(pipe, encoded, concepts: Sequence[str], method: str | None =
     batch = torch.cat([pixels[None] * (~region)[:, None], pixels[None] * (~control)[:, None]])
     emb = pipe.backbone.encode_images(batch.to(pipe.backbone.dtype)).embeddings.float()
     idx = [model.concepts.index(n) for n in concepts]
-    layer = model.concept_layer.subset(idx)
+    layer, std = _evidence(model, idx)
     base = layer(encoded.embedding.float()[None])[0]  # (K,)
     after = layer(emb)  # (2K, K)
-    std = model.stats.std[idx].float()
     rows = torch.arange(K)
-    drop = (base - after[rows, rows]) / std
-    control_drop = (base - after[K + rows, rows]) / std
+    blank = maps.flatten(1).amax(1) <= maps.flatten(1).amin(1)
+    drop = torch.where(blank, 0.0, (base - after[rows, rows]) / std)
+    control_drop = torch.where(blank, 0.0, (base - after[K + rows, rows]) / std)
     conc = concentration(maps, top_fraction)
-    return {name: LocationScore(name, float(conc[j]), float(drop[j]), float(control_drop[j]), top_fraction)
-            for j, name in enumerate(concepts)}
+    return {name: LocationScore(name, float(conc[j]), float(drop[j]), float(control_drop[j]), top_fraction,
+                                bool(blank[j])) for j, name in enumerate(concepts)}
+
+
+def _evidence(model: ConceptBottleneckModel, idx: Sequence[int]) -> tuple:
+    """The layer a deletion is read with, as the maps read it (``ConceptLayer.for_maps``), and the spread its
+    drops are measured in: the training std, or for a probability's log-odds the spread of the training
+    percentiles' log-odds (a probability at 1.0 barely moves when its evidence is deleted; its log-odds do)."""
+    layer = model.concept_layer.subset(list(idx))
+    evidence = layer.for_maps()
+    if evidence is layer:
+        return layer, model.stats.std[list(idx)].float()
+    q = model.stats.quantiles[:, list(idx)].double().clamp(1e-7, 1 - 1e-7)
+    return evidence, torch.logit(q).std(0).float().clamp_min(1e-6)
 
 
 # -- one explanation --------------------------------------------------------------------------------

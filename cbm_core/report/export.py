@@ -63,7 +63,8 @@ where it is least absent. Under each map: present or absent, and how much the co
 <li><b>How far to believe it.</b> Whether the image resembles the images the model was made with (if not, its
 explanation may mean nothing); for each concept the explanation leans on, the chance that it is really in the
 image; and whether its heat map is “on its evidence”: blanking the map's brightest tenth lowers the concept's
-score clearly more than blanking the same area elsewhere (“spread out” or “not on its evidence” when not). A “fragile
+score clearly more than blanking the same area elsewhere (“spread out” or “not on its evidence” when not; “blank”
+when the method found no evidence for it at all). A “fragile
 name” is one whose rewordings (“red crown”, “the crown is red”) pick out different images.</li>
 <li><b>What if.</b> “Your changes” shows the prediction after concepts were switched off or set by hand;
 “Smallest change” shows the fewest concept changes (each kept within what training images show) that would
