@@ -2,8 +2,9 @@
 
 A concept-supervised bundle's concepts are probabilities, and a concept it is sure of scores exactly 1.0 in
 float32 (a quarter of the demo's training images on some concepts); a ReLU layer's inactive concepts score
-exactly 0; a coarse Grad-CAM finds no positive evidence for some concepts and draws a blank map. Planted on
-the shipped supervised demo bundle and its sample birds, and on hand-made statistics."""
+exactly 0; a coarse Grad-CAM finds no positive evidence for some concepts and draws a blank map; an intervention
+by hand can ask for a probability of 1.7. Planted on the shipped supervised demo bundle and its sample birds,
+and on hand-made statistics."""
 from __future__ import annotations
 
 import pytest
@@ -93,3 +94,23 @@ def test_the_atlas_ranks_tied_probabilities_by_their_log_odds(supervised):
     atlas = concept_atlas(model, val.embeddings, "forked tail", n=4)
     assert [e.index for e in atlas.top] == log_odds.argsort(descending=True)[:4].tolist()
     assert [e.index for e in atlas.bottom] == log_odds.argsort()[:4].tolist()
+
+
+def test_an_intervention_keeps_a_probability_a_probability(supervised):
+    """Scaling or setting a concept by hand (an imported intervention, the CLI's --intervention) stays inside the
+    values its layer can give: a probability in [0, 1], a cosine in [-1, 1]; the concepts it does not touch are
+    left bit for bit."""
+    from cbm_core import Intervention
+    from cbm_core.demo.paths import DEMO_BUNDLE
+
+    model = supervised.model
+    emb = load_demo_features("val").embeddings[:50]
+    wild = Intervention().scale("water background", 3.0).set("crest", value=1.7).set("red eye", value=-0.4)
+    exp = model.explain_features(emb, wild)
+    assert float(exp.scores.max()) <= 1.0 and float(exp.scores.min()) >= 0.0
+    assert bool((exp.scores[:, model.concepts.index("crest")] == 1.0).all())
+    assert bool((exp.scores[:, model.concepts.index("red eye")] == 0.0).all())
+    untouched = [k for k, n in enumerate(model.concepts.names) if n not in wild.concepts]
+    assert torch.equal(exp.scores[:, untouched], model.concept_scores(emb)[:, untouched])
+    pcbm = Pipeline.from_bundle(DEMO_BUNDLE, device="cpu").model
+    assert float(pcbm.explain_features(emb, Intervention().scale("red crown", 100.0)).scores.abs().max()) <= 1.0

@@ -69,6 +69,11 @@ class ConceptLayer:
         """The layer saliency maps read: this one, except that a sigmoid layer is read before its sigmoid."""
         return self
 
+    @property
+    def score_range(self) -> tuple[float | None, float | None]:
+        """(lowest, highest) score this layer can give (None: unbounded); an intervention stays inside it."""
+        return (None, None)
+
 
 def _check_2d(name: str, t: torch.Tensor) -> None:
     if not isinstance(t, torch.Tensor) or t.ndim != 2 or 0 in t.shape:
@@ -105,6 +110,10 @@ class TextCosine(ConceptLayer):
 
     def subset(self, keep: Sequence[int]) -> "TextCosine":
         return TextCosine(self.vectors[list(keep)])
+
+    @property
+    def score_range(self) -> tuple[float | None, float | None]:
+        return (-1.0, 1.0)
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {"vectors": self.vectors}
@@ -160,6 +169,10 @@ class LinearProjection(ConceptLayer):
         # differently. A ReLU stays: an inactive latent has no evidence to show.
         return LinearProjection(self.weight, self.bias, "none") if self.activation == "sigmoid" else self
 
+    @property
+    def score_range(self) -> tuple[float | None, float | None]:
+        return {"sigmoid": (0.0, 1.0), "relu": (0.0, None)}.get(self.activation, (None, None))
+
 
 @dataclass(frozen=True, eq=False)
 class SparseAutoencoderEncoder(ConceptLayer):
@@ -193,6 +206,10 @@ class SparseAutoencoderEncoder(ConceptLayer):
     def subset(self, keep: Sequence[int]) -> "SparseAutoencoderEncoder":
         keep = list(keep)
         return SparseAutoencoderEncoder(self.weight[keep], self.bias[keep], self.input_bias)
+
+    @property
+    def score_range(self) -> tuple[float | None, float | None]:
+        return (0.0, None)
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {"weight": self.weight, "bias": self.bias, "input_bias": self.input_bias}

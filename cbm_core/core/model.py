@@ -185,13 +185,26 @@ class ConceptBottleneckModel:
             logits = logits + embeddings.float() @ self.residual_weight.T
         return logits
 
+    def intervene(self, scores: torch.Tensor, intervention: Intervention | None) -> torch.Tensor:
+        """Raw scores (N, K) changed by ``intervention``, each changed concept kept inside the values its layer
+        can give (``ConceptLayer.score_range``): scaling a probability never makes it 1.7, nor a cosine 2."""
+        if not intervention:
+            return scores
+        out = intervention.apply(scores, self.stats)
+        low, high = self.concept_layer.score_range
+        if low is None and high is None:
+            return out
+        view = out.unsqueeze(0) if out.ndim == 1 else out
+        for k in {self.stats.index(c) for c in intervention.concepts}:
+            view[:, k] = view[:, k].clamp(min=low, max=high)
+        return out
+
     def explain_features(self, embeddings: torch.Tensor, intervention: Intervention | None = None,
                          scores: torch.Tensor | None = None) -> Explanation:
         """Explain encoded images, embeddings: (N, D). ``scores`` (N, K) may be passed to skip
         recomputing them (e.g. a cached single image under many interventions)."""
         scores = self.concept_scores(embeddings) if scores is None else scores
-        if intervention:
-            scores = intervention.apply(scores, self.stats)
+        scores = self.intervene(scores, intervention)
         z = self.standardize(scores)
         residual = embeddings.float() @ self.residual_weight.T if self.residual_weight is not None else None
         logits = z @ self.weight.T + self.bias + (residual if residual is not None else 0.0)

@@ -78,7 +78,7 @@ def counterfactual(model: ConceptBottleneckModel, embedding: torch.Tensor, targe
     intervention = Intervention()
     for k in chosen:
         intervention = intervention.set(model.concepts.names[k], percentile=chosen_pct[k])
-    after = model.head(intervention.apply(scores[None], model.stats), emb)[0]
+    after = model.head(model.intervene(scores[None], intervention), emb)[0]
     return Counterfactual(model.classes[t], success and int(after.argmax()) == t, intervention,
                           tuple((model.concepts.names[k], float(scores[k]), v, chosen_pct[k]) for k, v in chosen.items()),
                           logits0.softmax(-1), after.softmax(-1))

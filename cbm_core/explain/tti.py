@@ -189,9 +189,7 @@ def next_question(model: ConceptBottleneckModel, embedding: torch.Tensor, interv
     about them cannot change the prediction (they may still move others through propagation)."""
     _require_probabilities(model)
     emb = embedding.reshape(1, -1).float()
-    scores = model.concept_scores(emb)
-    if intervention:
-        scores = intervention.apply(scores, model.stats)
+    scores = model.intervene(model.concept_scores(emb), intervention)
     asked_mask = torch.tensor([[n in set(asked) for n in model.concepts.names]])
     if bool(asked_mask.all()):
         return None
@@ -244,8 +242,8 @@ def answers_intervention(model: ConceptBottleneckModel, embedding: torch.Tensor,
         from ..core.propagation import propagate
 
         raw = model.concept_scores(emb)
-        scores0 = base.apply(raw, model.stats) if base else raw
-        scores = iv.apply(raw, model.stats)
+        scores0 = model.intervene(raw, base)
+        scores = model.intervene(raw, iv)
         K = model.n_concepts
         observed = torch.full((1, K), float("nan"))
         for c, r in known.items():
