@@ -34,8 +34,9 @@ def _dependencies(model):
 
 def offer_supervised_bundle(model) -> None:
     """What a model without concept probabilities gets instead of questions."""
-    st.caption("Expert questions (\"the model thinks *red crown* is absent — is it?\") need concept probabilities: a "
-               "concept-supervised bundle (recipe `supervised`, built from data with 0/1 concept columns).")
+    st.caption("Expert questions (\"is *red crown* in the image? The model gives it p = 0.12.\") need concept "
+               "probabilities: a concept-supervised bundle (recipe `supervised`, built from data with 0/1 concept "
+               "columns).")
     if common.is_toy_birds(model) and SUPERVISED_BUNDLE.exists():
         st.button("Open the concept-supervised Toy Birds bundle", key="tti_open_supervised",
                   on_click=common.open_bundle, args=(str(SUPERVISED_BUNDLE),))

@@ -1,8 +1,8 @@
 """Test-time intervention (TTI): an expert answers questions about concepts, the prediction follows.
 
 For a model whose concept layer gives probabilities (a concept-supervised bundle: a sigmoid
-``LinearProjection``), the dashboard asks "the model thinks *red crown* is absent (p = 0.12) —
-is it?". The expert answers
+``LinearProjection``), the dashboard asks "is *red crown* in the image? The model gives it
+p = 0.12.". The expert answers
 
 - ``present``: the concept is set to its 95th training percentile (Koh et al. 2020: 5th / 95th),
 - ``absent``: to its 5th,
@@ -178,7 +178,9 @@ class Question:
         return "present" if self.probability >= 0.5 else "absent"
 
     def prompt(self) -> str:
-        return f"The model thinks *{self.concept}* is {self.belief} (p = {self.probability:.2f}) — is it?"
+        # Neutral on purpose: the explanation beside it calls a concept "present" when it scores above its training
+        # average, which for a rare concept can be p = 0.4; "the model thinks it absent" would contradict it.
+        return f"Is *{self.concept}* in the image? The model gives it p = {self.probability:.2f}."
 
 
 def next_question(model: ConceptBottleneckModel, embedding: torch.Tensor, intervention: Intervention | None,
