@@ -7,8 +7,8 @@ from cbm_core import HeadSlice, Intervention
 from cbm_core.core.concept_layer import LinearProjection
 from cbm_core.core.concepts import ConceptBank
 from cbm_core.core.model import ConceptBottleneckModel, ConceptStats
-from cbm_core.explain.tti import (TTIError, answer_percentiles, answers_intervention, apply_answer, intervention_curve,
-                          next_question, policy_scores)
+from cbm_core.explain.tti import (TTIError, answer_percentiles, answer_values, answers_intervention, apply_answer,
+                                  intervention_curve, next_question, policy_scores)
 
 NAMES = ("red crown", "long beak", "striped wing", "water")
 
@@ -57,6 +57,24 @@ def test_a_rare_concept_present_means_a_probability_above_one_half():
     stats = ConceptStats(model.stats.names, model.stats.mean, model.stats.std, q)
     hi, lo = answer_percentiles(model.with_changes(stats=stats))
     assert float(hi[3]) == 98.0 and float(hi[0]) == 95.0 and float(lo[3]) == 5.0
+
+
+def test_a_concept_no_training_probability_makes_present_is_set_to_one_by_present():
+    """No training image's probability reaches 0.5 (an unlearnable, very rare concept): no percentile reads as
+    "present", so the answer sets the probability itself, 1; "absent" of a near-universal concept sets 0."""
+    model = prob_model()
+    q = model.stats.quantiles.clone()
+    q[:, 3] = torch.linspace(0.0, 0.4, 101)  # never above 0.4
+    q[:, 2] = torch.linspace(0.6, 1.0, 101)  # never below 0.6
+    model = model.with_changes(stats=ConceptStats(model.stats.names, model.stats.mean, model.stats.std, q))
+    emb = embedding_for([0.02, 0.97, 0.51, 0.2])
+    name3, name2 = model.concepts.names[3], model.concepts.names[2]
+    iv = apply_answer(model, Intervention(), name3, "present")
+    iv = apply_answer(model, iv, name2, "absent")
+    scores = model.explain_features(emb[None], iv).scores[0]
+    assert float(scores[3]) == 1.0 and float(scores[2]) == 0.0
+    hi, lo = answer_values(model)
+    assert float(hi[3]) == 1.0 and float(lo[2]) == 0.0 and float(hi[0]) == float(model.stats.value_at(0, 95.0))
 
 
 def test_uncertainty_picks_the_one_uncertain_concept():

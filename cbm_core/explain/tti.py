@@ -11,7 +11,9 @@ p = 0.12.". The expert answers
 each as an ordinary ``Intervention.set(name, percentile=...)``, so HeadSlice, the browser panel,
 undo / export and bundles work unchanged. (A concept present in fewer than 5 % of training images
 has a 95th percentile that still reads "absent"; for probabilities the percentile used is then
-the first one at which the training probability reaches 0.5 — symmetrically for "absent".)
+the first one at which the training probability reaches 0.5 — symmetrically for "absent"; where no
+training probability reaches 0.5, "present" sets the probability to 1 — symmetrically 0 for "absent" — because
+no training percentile would read as the answer.)
 
 Which concept to ask about next (``POLICIES``), all computed from the head alone, which is linear,
 so the effect of either answer on every class probability is exact and cheap (N × K × 2 × C):
@@ -93,8 +95,11 @@ def answer_values(model: ConceptBottleneckModel, present: float = PRESENT_PERCEN
     """The raw scores "present" and "absent" set, (K,) each."""
     hi, lo = answer_percentiles(model, present, absent)
     stats = model.stats
-    return (torch.tensor([stats.value_at(k, float(p)) for k, p in enumerate(hi.tolist())]),
-            torch.tensor([stats.value_at(k, float(p)) for k, p in enumerate(lo.tolist())]))
+    v_hi = torch.tensor([stats.value_at(k, float(p)) for k, p in enumerate(hi.tolist())])
+    v_lo = torch.tensor([stats.value_at(k, float(p)) for k, p in enumerate(lo.tolist())])
+    if has_probabilities(model):  # no training percentile reads as the answer: the label's own value
+        v_hi, v_lo = torch.where(v_hi < 0.5, 1.0, v_hi), torch.where(v_lo > 0.5, 0.0, v_lo)
+    return v_hi, v_lo
 
 
 def apply_answer(model: ConceptBottleneckModel, intervention: Intervention, concept: str, answer: str, *,
@@ -109,7 +114,12 @@ def apply_answer(model: ConceptBottleneckModel, intervention: Intervention, conc
     if answer == "unsure":
         return intervention
     hi, lo = answer_percentiles(model, present, absent)
-    return intervention.set(concept, percentile=float(hi[k] if answer == "present" else lo[k]))
+    percentile = float(hi[k] if answer == "present" else lo[k])
+    if has_probabilities(model):
+        reads = float(model.stats.value_at(k, percentile))
+        if (reads < 0.5) if answer == "present" else (reads > 0.5):  # no training probability crosses 0.5
+            return intervention.set(concept, value=1.0 if answer == "present" else 0.0)
+    return intervention.set(concept, percentile=percentile)
 
 
 # -- policies -----------------------------------------------------------------------------------
