@@ -280,9 +280,13 @@ def cmd_compare(args) -> None:
             splits = [_dataset(args.data, s, args.allow_outside_paths) for s in (args.train_split, args.val_split, args.test_split)]
             train, val, test = [extract_features(backbone, d, progress=lambda n, t, s=s: bars(f"encoding {s} images", n / t))
                                  for d, s in zip(splits, ("training", "validation", "test"))]
+            for part, name in zip((train, val, test), ("training", "validation", "test")):
+                _report_skipped(part.skipped)
+                _require_every_class(part.labels, data.classes, name)
         else:
             feats = extract_features(backbone, data, progress=lambda n, t: bars("encoding images", n / t))
-            train, val, test = stratified_split(feats, seed=args.seed)
+            _report_skipped(feats.skipped)
+            train, val, test = stratified_split(feats, seed=args.seed, classes=data.classes)
         inputs = RecipeInputs(classes=tuple(data.classes), backbone_spec=backbone.spec, text=backbone.embed_prompts,
                               templates=templates, concepts=bank, candidate_pool=pool, vocabulary=vocabulary,
                               embed_dim=backbone.embed_dim)
@@ -298,6 +302,25 @@ def cmd_compare(args) -> None:
     for name, error in zip(frame["recipe"], errors):
         if isinstance(error, str):
             print(f"{name} failed: {error}", file=sys.stderr)
+    if all(r.error for r in result.rows if r.recipe in recipes):
+        raise CBMError("Every recipe you asked to compare failed (reasons above).")
+
+
+def _report_skipped(skipped) -> None:
+    from .data.images import printable
+
+    for path, reason in skipped:
+        print(f"skipped {printable(path)}: {reason}", file=sys.stderr)
+
+
+def _require_every_class(labels, classes, what: str) -> None:
+    import torch
+
+    counts = torch.bincount(labels, minlength=len(classes))
+    missing = [classes[c] for c in range(len(classes)) if int(counts[c]) == 0]
+    if missing:
+        raise CBMError(f"The {what} images have no readable image of {', '.join(repr(m) for m in missing[:10])}; every "
+                       "class needs images to compare on.")
 
 
 def cmd_info(args) -> None:

@@ -77,7 +77,8 @@ def run_job(job: dict, args: dict) -> None:
             data = (ImageDataset.from_csv(args["path"]) if args["path"].lower().endswith(".csv")
                     else ImageDataset.from_folder(args["path"]))
             feats = extract_features(backbone, data, progress=lambda d, t: progress("encoding images", d / t))
-            splits = stratified_split(feats)
+            job["skipped"] = list(feats.skipped)
+            splits = stratified_split(feats, classes=data.classes)
             inputs = args["make_inputs"](data.classes, backbone)
         job["result"] = compare_recipes(*splits, inputs, args["recipes"], nec=args["nec"], baselines=DEFAULT_BASELINES,
                                         progress=progress)
@@ -131,6 +132,10 @@ if job is not None and job.get("done"):
     result = job["result"]
     st.success(f"Compared {len(result.rows)} recipes and baselines in {job['finished'] - job['started']:.0f} s "
                f"({result.n_train} training, {result.n_val} validation, {result.n_test} test images).")
+    if job.get("skipped"):
+        with st.expander(f"{len(job['skipped'])} image{'s' * (len(job['skipped']) != 1)} could not be read and were "
+                         "left out"):
+            st.dataframe(pd.DataFrame(job["skipped"], columns=["image", "why"]), hide_index=True)
     table = pd.DataFrame([{
         "recipe": r.recipe + (" (baseline)" if r.baseline else ""),
         f"test accuracy at NEC ≤ {result.nec:g}": r.at_nec.get("accuracy"),

@@ -113,6 +113,9 @@ def test_compare_runs_recipes_and_baselines_on_one_cache(world):
     bad = run("compare", "--backbone", f"local-dir:{world / 'model'}", "--data", str(world / "data"),
               "--recipe", "pcbm", "--set", "pcbm.lam=-3", "--quiet", check=False)
     assert bad.returncode == 2 and "lam" in bad.stderr and "Traceback" not in bad.stderr
+    nonsense = run("compare", "--backbone", f"local-dir:{world / 'model'}", "--data", str(world / "data"),
+                   "--concepts", str(world / "concepts.txt"), "--nec", "nan", "--device", "cpu", "--quiet", check=False)
+    assert nonsense.returncode == 2 and "at least 1" in nonsense.stderr and "Traceback" not in nonsense.stderr
 
 
 def test_build_help_is_generated_from_the_recipe():

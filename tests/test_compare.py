@@ -55,6 +55,25 @@ def test_a_failing_recipe_is_reported_and_the_others_still_run():
                              baselines=("zero-shot",))
     pcbm, zero = result.rows
     assert pcbm.error and "concept" in pcbm.error and zero.error is None
+    assert pcbm.accuracy is None and pcbm.nec is None  # no number where there is none: strict JSON, no NaN
+    import json
+
+    json.dumps(result.to_dict(), allow_nan=False)
+
+
+def test_nonsense_sparsity_and_a_class_with_no_readable_image_are_refused_clearly():
+    import pytest
+
+    from cbm_core.errors import RecipeError
+
+    feats, centres = _features()
+    train, val, test = stratified_split(feats)
+    for nec in (float("nan"), -1, 0, float("inf")):
+        with pytest.raises(RecipeError, match="at least 1"):
+            compare_recipes(train, val, test, _inputs(centres), ["pcbm"], nec=nec)
+    without_c = feats.subset((feats.labels != 2).nonzero().flatten())  # every image of class 'c' unreadable
+    with pytest.raises(RecipeError, match="No readable image of class 'c'"):
+        stratified_split(without_c, classes=("a", "b", "c"))
 
 
 def test_truncating_a_head_keeps_at_most_n_concepts_per_class():

@@ -43,3 +43,37 @@ def test_random_baseline_is_worse_than_informative_concepts():
     out = random_concept_baseline(model, emb[:300], y[:300], emb[300:], y[300:], seed=0)
     assert out["model_accuracy"] > out["random_accuracy"] + 0.1
     assert set(out) == {"random_accuracy", "random_nec", "model_accuracy", "model_nec"}
+
+
+def test_worst_group_counts_every_image_and_a_blank_group_cell_is_a_group(tmp_path):
+    """Groups are counted in one pass (many one-image groups stay quick) with the same numbers as a mask per
+    group; a CSV row whose group cell is blank joins "(no group)" instead of dropping worst-group accuracy for
+    every image."""
+    import csv
+
+    from cbm_core.analysis.evaluation import evaluate
+    from cbm_core.data.datasets import ImageDataset
+    from cbm_core.data.features import NO_GROUP, _with_metadata
+    from cbm_core.demo.paths import DEMO_BUNDLE, load_demo_features
+    from cbm_core import load_bundle
+
+    model, test = load_bundle(DEMO_BUNDLE), load_demo_features("test")
+    m = evaluate(model, test.embeddings, test.labels, test.groups)
+    correct = (model.predict(test.embeddings) == test.labels).float()
+    for g, value in m.per_group.items():
+        assert value == float(correct[torch.tensor([x == g for x in test.groups])].mean()), g
+    singles = evaluate(model, test.embeddings, test.labels, tuple(str(i) for i in range(len(test.labels))))
+    assert len(singles.per_group) == len(test.labels) and set(singles.per_group.values()) <= {0.0, 1.0}
+
+    from cbm_core.demo.world import export
+
+    manifest = export(tmp_path, {"test": 6}, size=32)
+    rows = list(csv.DictReader(manifest.open()))
+    rows[2]["group"] = ""
+    with manifest.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    data = ImageDataset.from_csv(manifest)
+    feats = _with_metadata(data, torch.zeros(6, 4), torch.zeros(6, dtype=torch.long), torch.arange(6), ())
+    assert feats.groups is not None and feats.groups[2] == NO_GROUP and feats.groups.count(NO_GROUP) == 1

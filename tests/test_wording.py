@@ -78,3 +78,11 @@ def test_baseline_verdict_says_what_a_small_margin_means():
     assert "do not read the accuracy as evidence" in close
     assert "modest margin" in baseline_verdict(0.95, 0.92)
     assert "clearly" in baseline_verdict(0.95, 0.70)
+
+
+def test_the_baseline_verdict_says_when_random_directions_do_better():
+    from cbm_core.explain.wording import baseline_verdict
+
+    text = baseline_verdict(0.125, 0.931)
+    assert "worse than random directions" in text and "-80.6 pts" in text and "barely beat" not in text
+    assert "barely beat" in baseline_verdict(0.80, 0.79)

@@ -16,6 +16,7 @@ better. Nothing is chosen on the test split.
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
@@ -33,16 +34,16 @@ DEFAULT_BASELINES = ("linear-probe", "random-concepts", "zero-shot")
 @dataclass
 class RecipeScore:
     """One recipe's row. ``at_nec`` holds the matched-sparsity numbers (test split); ``path`` the
-    validation accuracy against NEC."""
+    validation accuracy against NEC. A recipe that failed has ``error`` and None for its numbers."""
 
     recipe: str
     title: str
     baseline: bool
     params: dict
-    accuracy: float
+    accuracy: float | None
     worst_group: float | None
-    nec: float
-    nonzero_fraction: float
+    nec: float | None
+    nonzero_fraction: float | None
     fit_seconds: float
     at_nec: dict = field(default_factory=dict)
     path: list[PathPoint] = field(default_factory=list)
@@ -78,18 +79,26 @@ class Comparison:
 
 
 def stratified_split(feats: FeatureSet, fractions: Sequence[float] = (0.6, 0.2, 0.2),
-                     seed: int = 0) -> tuple[FeatureSet, ...]:
+                     seed: int = 0, classes: Sequence[str] | None = None) -> tuple[FeatureSet, ...]:
     """Split encoded data into parts of every class in the given proportions (train, val, test),
-    each class contributing at least one image to every part; ``RecipeError`` if a class is too small."""
+    each class contributing at least one image to every part; ``RecipeError`` if a class is too small (or,
+    given ``classes``, has no readable image at all)."""
     import torch
 
     g = torch.Generator().manual_seed(seed)
     parts = [[] for _ in fractions]
-    for c in feats.labels.unique().tolist():
+    present = feats.labels.unique().tolist()
+    if classes is not None:
+        missing = [classes[c] for c in range(len(classes)) if c not in present]
+        if missing:
+            raise RecipeError(f"No readable image of class{'es' * (len(missing) > 1)} "
+                              f"{', '.join(repr(m) for m in missing[:10])}; every class needs images to compare on.")
+    for c in present:
         rows = (feats.labels == c).nonzero().flatten()
         if len(rows) < len(fractions):
-            raise RecipeError(f"Class {c} has {len(rows)} images; splitting into {len(fractions)} parts needs "
-                              f"at least {len(fractions)}. Give separate splits instead.")
+            name = repr(classes[c]) if classes is not None else str(c)
+            raise RecipeError(f"Class {name} has {len(rows)} readable images; splitting into {len(fractions)} parts "
+                              f"needs at least {len(fractions)}. Give separate splits instead.")
         rows = rows[torch.randperm(len(rows), generator=g)]
         sizes = [max(1, round(f * len(rows))) for f in fractions[1:]]
         sizes = [len(rows) - sum(sizes)] + sizes
@@ -122,6 +131,8 @@ def compare_recipes(train: FeatureSet, val: FeatureSet, test: FeatureSet, inputs
     """Fit ``recipes`` (names, or ``{name: params}``) and ``baselines`` on ``train``; choose every
     sparsity on ``val``; measure on ``test``. A recipe that fails is reported with its error, and
     the others still run."""
+    if not isinstance(nec, (int, float)) or isinstance(nec, bool) or not math.isfinite(nec) or nec < 1:
+        raise RecipeError(f"The sparsity to match (NEC, concepts per class) must be a number of at least 1; got {nec!r}.")
     wanted = dict(recipes) if isinstance(recipes, Mapping) else {name: {} for name in recipes}
     for name in baselines:
         wanted.setdefault(name, {})
@@ -137,8 +148,7 @@ def compare_recipes(train: FeatureSet, val: FeatureSet, test: FeatureSet, inputs
                     concept_labels=train.concept_labels, val_concept_labels=val.concept_labels)
             seconds = time.perf_counter() - started
         except (RecipeError, ValueError) as exc:
-            rows.append(RecipeScore(name, cls.title, cls.baseline, params, float("nan"), None, float("nan"),
-                                    float("nan"), 0.0, error=str(exc)))
+            rows.append(RecipeScore(name, cls.title, cls.baseline, params, None, None, None, None, 0.0, error=str(exc)))
             continue
         model = est.model_
         m = evaluate(model, test.embeddings, test.labels, test.groups)

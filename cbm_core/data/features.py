@@ -234,12 +234,15 @@ def extract_features(backbone: Backbone, dataset, *, batch_size: int = 64, num_w
     return feats
 
 
+NO_GROUP = "(no group)"  # the group of an image whose CSV row leaves the group column blank
+
 def _with_metadata(dataset: ImageDataset | None, embeddings, labels, kept, skipped, from_cache=False) -> FeatureSet:
     groups = concept_labels = None
     if dataset is not None:
         recs = [dataset.records[i] for i in kept.tolist()]
-        if recs and all(r.group is not None for r in recs):
-            groups = tuple(r.group for r in recs)
+        # A blank group cell is a group of its own, not a reason to drop worst-group accuracy for every image.
+        if recs and any(r.group is not None for r in recs):
+            groups = tuple(NO_GROUP if r.group is None else r.group for r in recs)
         if recs and all(r.concepts is not None for r in recs):
             concept_labels = torch.tensor([[float("nan") if v is None else v for v in r.concepts] for r in recs],
                                           dtype=torch.float32)  # NaN: not labelled

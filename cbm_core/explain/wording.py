@@ -126,6 +126,11 @@ def baseline_verdict(model_accuracy: float, random_accuracy: float) -> str:
     as many random directions in the same embedding, and what to conclude from it."""
     gap = 100 * (model_accuracy - random_accuracy)
     numbers = f"{model_accuracy:.1%} with the named concepts against {random_accuracy:.1%} with random directions"
+    if gap < 0:
+        return (f"The named concepts do worse than random directions ({numbers}, {gap:+.1f} pts): as many random "
+                "directions in the same embedding predict better, so the names are not what makes the model work, and "
+                "may even hold it back. Check whether the concepts describe these images at all (their scores, maps "
+                "and ground truth), try other concept lists or templates, or a less sparse model (lower λ).")
     if gap < 2:
         return (f"The named concepts barely beat random directions ({numbers}, {gap:+.1f} pts). The accuracy comes from "
                 "the backbone's embedding, not from what the concepts are called: any set of directions this large "

@@ -382,8 +382,10 @@ class DNCBM(Recipe):
         live = tuple(int(i) for i in active.nonzero().flatten())
         dead = tuple(int(i) for i in (~active).nonzero().flatten())
         if not live:
-            raise RecipeError(f"Every SAE latent is dead (never active on the training images): sae_l1 "
-                              f"({self.sae_l1:g}) is too strong for this data; lower it.")
+            fvu = _fvu(sae, X) if streaming else sae.fvu(X)
+            raise RecipeError(f"Every SAE latent is dead (never active on the training images; it reconstructs "
+                              f"{fvu:.3g} of the data's variance as error): lower sae_l1 ({self.sae_l1:g}) if it "
+                              f"suppressed them, or sae_lr ({self.sae_lr:g}) if training diverged.")
         names, sims, sources = name_latents(sae.decoder_weight.T[list(live)], list(self.vocabulary), vectors,
                                             self.name_threshold, latent_ids=live)
         bank = ConceptBank(names, sources, sims)
