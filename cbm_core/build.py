@@ -135,6 +135,7 @@ def build_cbm(backbone: Backbone, train: ImageDataset, bank: ConceptBank | None 
     if val is not None:
         va = extract_features(backbone, val, progress=lambda d, t: report("encoding validation images", d / t))
         skipped = skipped + va.skipped
+        va = _concepts_in_training_order(va, val, train)
     report("preparing the recipe", 0.0)
     est = cls.from_inputs(inputs, **params)
     path = []
@@ -151,6 +152,22 @@ def build_cbm(backbone: Backbone, train: ImageDataset, bank: ConceptBank | None 
         "skipped_images": len(skipped)})
     report("done", 1.0)
     return BuildResult(model, metrics, removed, skipped, path, train_features, va)
+
+
+def _concepts_in_training_order(feats: FeatureSet, val, train) -> FeatureSet:
+    """Validation concept labels with their columns in the training data's order, matched by name (a CSV's
+    columns may come in any order); a ``DatasetError`` names concepts the validation data lacks."""
+    import dataclasses
+
+    names, val_names = tuple(getattr(train, "concept_names", ()) or ()), tuple(getattr(val, "concept_names", ()) or ())
+    if feats.concept_labels is None or not names or val_names == names:
+        return feats
+    missing = [n for n in names if n not in val_names]
+    if missing:
+        raise DatasetError(f"The validation data has no column for the concept{'s' * (len(missing) > 1)} "
+                           f"{', '.join(repr(n) for n in missing[:10])}; give it the training data's concept columns.")
+    order = [val_names.index(n) for n in names]
+    return dataclasses.replace(feats, concept_labels=feats.concept_labels[:, order])
 
 
 def _complete_store(backbone: Backbone, dataset: ImageDataset):

@@ -143,3 +143,42 @@ def test_bundle_keeps_concept_metrics_and_dependencies_through_edits(tmp_path):
     assert pruned.metrics["concept_auroc"] == model.metrics["concept_auroc"], "a head edit leaves the concept layer"
     report = concept_report(loaded.concept_scores(X), C, NAMES)
     assert report["concept_auroc"]["red"] == pytest.approx(model.metrics["concept_auroc"]["red"], abs=0.05)
+
+
+def test_a_validation_csv_with_its_concept_columns_in_another_order_is_read_by_name(tmp_path, tiny_vit):
+    """build_cbm with a separate validation CSV: its concept columns are matched to the training data's by name,
+    so shuffling their order changes nothing; a missing column is refused by name."""
+    import csv
+
+    import pytest
+
+    from cbm_core.build import build_cbm
+    from cbm_core.data.datasets import ImageDataset
+    from cbm_core.demo.world import export
+    from cbm_core.errors import DatasetError
+
+    manifest = export(tmp_path / "birds", {"train": 48, "val": 24}, size=32)
+    rows = list(csv.DictReader(manifest.open()))
+    fields = list(rows[0])
+    concepts = [f for f in fields if f not in ("path", "label", "split", "group")]
+
+    def split_csv(name, split, columns):
+        path = manifest.parent / name
+        with path.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(r for r in rows if r["split"] == split)
+        return ImageDataset.from_csv(path)
+
+    base = [f for f in fields if f not in concepts]
+    train = split_csv("train.csv", "train", base + concepts)
+    same = split_csv("val_same.csv", "val", base + concepts)
+    shuffled = split_csv("val_shuffled.csv", "val", base + concepts[::-1])
+    assert shuffled.concept_names == tuple(concepts[::-1])
+    a = build_cbm(tiny_vit, train, val=same, recipe="supervised").model
+    b = build_cbm(tiny_vit, train, val=shuffled, recipe="supervised").model
+    assert a.metrics["concept_auroc"] == b.metrics["concept_auroc"]
+    torch.testing.assert_close(a.weight, b.weight)
+    lacking = split_csv("val_lacking.csv", "val", base + concepts[1:])
+    with pytest.raises(DatasetError, match=repr(concepts[0])):
+        build_cbm(tiny_vit, train, val=lacking, recipe="supervised")
