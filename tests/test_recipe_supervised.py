@@ -182,3 +182,17 @@ def test_a_validation_csv_with_its_concept_columns_in_another_order_is_read_by_n
     lacking = split_csv("val_lacking.csv", "val", base + concepts[1:])
     with pytest.raises(DatasetError, match=repr(concepts[0])):
         build_cbm(tiny_vit, train, val=lacking, recipe="supervised")
+
+
+@pytest.mark.parametrize("mode", ["independent", "joint"])
+def test_a_concept_the_labels_never_vary_on_gets_no_weight_in_the_head(mode):
+    """Labelled in one row only, a concept's predictor learns the base rate; its near-constant probability,
+    standardised, must not become a free feature the head (or the joint step) leans on."""
+    X, y, C = toy_data()
+    C[:, 2] = float("nan")
+    C[0, 2] = 1.0  # one label: never varies
+    est = SupervisedCBM(classes=CLASSES, backbone_spec="toy", concept_names=NAMES, mode=mode).fit(X, y,
+                                                                                                   concept_labels=C)
+    assert bool((est.model_.weight[:, 2] == 0).all())
+    assert any("head does not use them" in w for w in est.model_.recipe["warnings"])
+    assert bool((est.model_.weight[:, :2] != 0).any())  # the labelled concepts still carry the classes

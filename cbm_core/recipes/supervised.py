@@ -295,7 +295,11 @@ class SupervisedCBM(Recipe):
         if unlabelled:
             warnings.append(f"{len(unlabelled)} concept{'s' * (len(unlabelled) > 1)} never vary in the training labels "
                             f"({', '.join(unlabelled[:5])}{'...' if len(unlabelled) > 5 else ''}): their predictors "
-                            f"only learn the base rate.")
+                            f"only learn the base rate, and the head does not use them.")
+        # A concept the labels never vary on has a near-constant probability; standardised, that noise would be a
+        # free feature the head could lean on, and explanations would cite a concept the model knows nothing of.
+        usable = torch.ones(len(self.classes), K)
+        usable[:, [names.index(n) for n in unlabelled]] = 0.0
         device = pick_device(self.device)
         X = features.float().cpu()
         mu, sd = X.mean(0), X.std(0, unbiased=False).clamp_min(1e-6)
@@ -323,7 +327,8 @@ class SupervisedCBM(Recipe):
         history = []
         head_init = None
         if self.mode == "joint":
-            Ws, bs, head_init, history = self._joint(Xs[fit_rows], labels[fit_rows], C[fit_rows], Ws, bs, device)
+            Ws, bs, head_init, history = self._joint(Xs[fit_rows], labels[fit_rows], C[fit_rows], Ws, bs, device,
+                                                     usable)
 
         # Calibrate on the measuring rows, fold (a, c) into the predictors.
         raw_val = Xv @ Ws.T + bs
@@ -348,7 +353,7 @@ class SupervisedCBM(Recipe):
             head_input = p_train
         z = (head_input - stats.mean) / stats.std
         res = fit_elastic_net(z.to(device), labels.to(device), len(self.classes), self.lam, self.l1_ratio,
-                              init=head_init, max_iter=self.max_iter, tol=self.tol)
+                              init=head_init, max_iter=self.max_iter, tol=self.tol, mask=usable.to(device))
         weight, bias = res.weight.cpu(), res.bias.cpu()
         check_finite_fit(self.name, predictors=weight_raw, predictor_bias=bias_raw, weight=weight, bias=bias)
         if not res.converged:
@@ -382,10 +387,11 @@ class SupervisedCBM(Recipe):
         )
         return self
 
-    def _joint(self, Xs, y, C, Ws, bs, device):
+    def _joint(self, Xs, y, C, Ws, bs, device, mask=None):
         """Alternating minimisation of ``joint_objective``: an exact FISTA head, then Adam steps on
         the predictors with the head fixed; repeated ``joint_rounds`` times. Starts from the
-        independently trained predictors. Returns predictors, the last head, the objective per round."""
+        independently trained predictors; ``mask`` (C, K) keeps head weights at zero. Returns predictors, the last
+        head, the objective per round."""
         n_classes = len(self.classes)
         W = Ws.clone().requires_grad_(True)
         b = bs.clone().requires_grad_(True)
@@ -397,7 +403,8 @@ class SupervisedCBM(Recipe):
                 z = standardize_probs((Xs @ W.T + b).sigmoid())
             # Inner head solves need not be exact: warm-started, and the final head is refitted to tol.
             res = fit_elastic_net(z.to(device), y.to(device), n_classes, self.lam, self.l1_ratio, init=head,
-                                  max_iter=min(self.max_iter, 300), tol=max(self.tol, 1e-4))
+                                  max_iter=min(self.max_iter, 300), tol=max(self.tol, 1e-4),
+                                  mask=mask.to(device) if mask is not None else None)
             head = (res.weight.cpu(), res.bias.cpu())
             for _ in range(int(self.joint_steps)):
                 opt.zero_grad()
