@@ -218,15 +218,21 @@ def cmd_evaluate(args) -> None:
     model = load_bundle(args.bundle)
     backbone = _backbone(model, args)
     data = _dataset(args.data, args.split, args.allow_outside_paths)
-    _check_classes(model, data)
-    feats = _features(backbone, data, args.quiet)
+    feats = _features_for(model, backbone, data, args.quiet)
     m = evaluate(model, feats.embeddings, feats.labels, feats.groups)
     print(json.dumps({**m.to_dict(), **model.sparsity(), "skipped_images": len(feats.skipped)}, indent=2))
 
 
-def _check_classes(model, data) -> None:
-    if tuple(data.classes) != tuple(model.classes):
-        raise CBMError(f"The dataset's classes {list(data.classes)} differ from the model's {list(model.classes)}.")
+def _features_for(model, backbone, data, quiet: bool):
+    """The dataset's features with labels in the model's class order (matched by name; classes the model lacks
+    are refused before encoding)."""
+    from .data.features import in_model_classes
+
+    unknown = [c for c in data.classes if c not in model.classes]
+    if unknown:
+        raise CBMError(f"The dataset's classes {', '.join(repr(c) for c in unknown[:10])} are not among the model's "
+                       f"classes {list(model.classes)}.")
+    return in_model_classes(_features(backbone, data, quiet), data.classes, model.classes)
 
 
 def cmd_edit(args) -> None:
@@ -241,8 +247,7 @@ def cmd_edit(args) -> None:
     if args.data:
         backbone = _backbone(model, args)
         data = _dataset(args.data, args.split, args.allow_outside_paths)
-        _check_classes(model, data)
-        feats = _features(backbone, data, args.quiet)
+        feats = _features_for(model, backbone, data, args.quiet)
         print(compare(model, result.model, feats.embeddings, feats.labels, feats.groups).to_string(index=False))
     out = result.model.save(args.out, overwrite=args.overwrite)
     print(f"saved edited bundle to {out} ({result.entry['op']}: {', '.join(result.entry['concepts'])})")
@@ -369,8 +374,7 @@ def _labelled_features(model, args, data: str, split: str | None):
     else:
         backbone = _backbone(model, args)
         dataset = _dataset(data, split, args.allow_outside_paths)
-        _check_classes(model, dataset)
-        feats, names = _features(backbone, dataset, args.quiet), tuple(dataset.concept_names)
+        feats, names = _features_for(model, backbone, dataset, args.quiet), tuple(dataset.concept_names)
     if feats.concept_labels is None or not names:
         return feats, None
     missing = [n for n in model.concepts.names if n not in names]

@@ -235,3 +235,31 @@ def test_a_map_method_the_tower_lacks_is_one_clear_error(world, small_bundle, ca
     out, err = capsys.readouterr()
     assert code == 2 and "--saliency gradcam-fine: this model's vit tower offers dense, dense-surgery, gradcam" in err
     assert err.count("\n") == 1 and not (world / "fine.html").exists()
+
+
+def test_evaluate_matches_classes_by_name_in_any_order(tmp_path):
+    """The demo bundle on Toy Birds exported as a CSV: the CSV's classes come sorted, the model's in its own order;
+    labels are matched by name, so the accuracy is the model's (not a refusal, nor a shuffled-label score). A
+    class the model does not know is refused by name."""
+    import csv
+
+    from cbm_core import load_bundle
+    from cbm_core.demo.paths import DEMO_BUNDLE
+    from cbm_core.demo.world import export
+
+    manifest = export(tmp_path / "birds", {"test": 40}, size=96)
+    model = load_bundle(DEMO_BUNDLE)
+    classes = sorted({r["label"] for r in csv.DictReader(manifest.open())})
+    assert tuple(classes) != tuple(model.classes)  # the same names, another order
+    out = json.loads(run("evaluate", "--bundle", str(DEMO_BUNDLE), "--data", str(manifest), "--device", "cpu",
+                         "--quiet").stdout)
+    assert out["accuracy"] > 0.6, out  # chance is 1/8
+    rows = list(csv.DictReader(manifest.open()))
+    rows[0]["label"] = "dodo"
+    with manifest.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    bad = run("evaluate", "--bundle", str(DEMO_BUNDLE), "--data", str(manifest), "--device", "cpu", "--quiet",
+              check=False)
+    assert bad.returncode == 2 and "'dodo'" in bad.stderr and "Traceback" not in bad.stderr

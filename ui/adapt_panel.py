@@ -10,6 +10,7 @@ import streamlit as st
 from cbm_core import CBMError, ImageError, evaluate, label_from_filename
 from cbm_core.analysis.adaptation import AdaptationError, few_shot, propose_adaptation
 from cbm_core.demo.shifted import SHIFTED_FEATURES, load_shifted_features
+from cbm_core.data.features import in_model_classes
 from cbm_core.data.images import printable
 from ui import common, data_source
 from ui.images import plain
@@ -71,8 +72,10 @@ def _target(model):
         except CBMError as exc:
             st.error(str(exc))
             return None
-        if tuple(classes) != tuple(model.classes):
-            st.error(f"The images' classes {list(classes)} differ from the model's {list(model.classes)}.")
+        try:
+            feats = in_model_classes(feats, classes, model.classes)  # matched by name: any order
+        except CBMError as exc:
+            st.error(str(exc))
             return None
         return feats.embeddings, feats.labels, None
     files = st.file_uploader("A few images per class; each file's name must say its class (e.g. "

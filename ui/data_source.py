@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from cbm_core import CBMError, ImageDataset, extract_features
+from cbm_core.data.features import in_model_classes
 from cbm_core.demo.paths import load_demo_features
 from ui import common
 
@@ -73,8 +74,10 @@ def evaluation_features(key: str, default_split: str = "val"):
         st.error(str(exc))
         return None
     bar.empty()
-    if tuple(classes) != tuple(model.classes):
-        st.error(f"The dataset's classes {list(classes)} differ from the model's {list(model.classes)}.")
+    try:
+        feats = in_model_classes(feats, classes, model.classes)  # matched by name: any order, a class may be absent
+    except CBMError as exc:
+        st.error(str(exc))
         return None
     if feats.skipped:
         st.warning(f"{len(feats.skipped)} unreadable images were skipped, e.g. {feats.skipped[0][0]}: {feats.skipped[0][1]}")

@@ -11,6 +11,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -232,6 +233,23 @@ def extract_features(backbone: Backbone, dataset, *, batch_size: int = 64, num_w
                   metadata={"skipped": json.dumps(list(feats.skipped)), "backbone": backbone.spec})
         tmp.replace(cache_file)
     return feats
+
+
+def in_model_classes(feats: FeatureSet, classes: Sequence[str], model_classes: Sequence[str]) -> FeatureSet:
+    """``feats`` (labels indexing the dataset's ``classes``) with labels indexing ``model_classes`` instead, matched
+    by name: a folder's or CSV's classes come sorted, a model's in its own order, and a test set may lack a class.
+    A ``DatasetError`` names the dataset's classes the model does not have."""
+    import dataclasses
+
+    classes, model_classes = tuple(classes), tuple(model_classes)
+    if classes == model_classes:
+        return feats
+    unknown = [c for c in classes if c not in model_classes]
+    if unknown:
+        raise DatasetError(f"The dataset's class{'es' * (len(unknown) > 1)} {', '.join(repr(c) for c in unknown[:10])} "
+                           f"{'are' if len(unknown) > 1 else 'is'} not among the model's classes {list(model_classes)}.")
+    mapping = torch.tensor([model_classes.index(c) for c in classes], dtype=torch.long)
+    return dataclasses.replace(feats, labels=mapping[feats.labels])
 
 
 NO_GROUP = "(no group)"  # the group of an image whose CSV row leaves the group column blank
