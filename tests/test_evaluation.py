@@ -27,6 +27,8 @@ def test_cooccurrence_flags_concepts_that_always_fire_together():
                                    ConceptStats.from_scores(names, emb @ v.T), torch.zeros(2, 3), torch.zeros(2))
     table = cooccurrence_warnings(model, emb, 0.95)
     assert list(table.itertuples(index=False, name=None))[0][:2] == ("a", "a twin") and len(table) == 1
+    for block in (1, 2):  # a block of rows at a time (bounded memory for 100,000 latents): the same pairs, once
+        assert table.equals(cooccurrence_warnings(model, emb, 0.95, block=block))
 
 
 def test_random_baseline_is_worse_than_informative_concepts():

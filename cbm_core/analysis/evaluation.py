@@ -69,7 +69,8 @@ def confusion_matrix(model: ConceptBottleneckModel, embeddings: torch.Tensor, la
     return torch.bincount(torch.as_tensor(labels) * C + pred, minlength=C * C).reshape(C, C)
 
 
-def cooccurrence_warnings(model: ConceptBottleneckModel, embeddings: torch.Tensor, threshold: float = 0.95):
+def cooccurrence_warnings(model: ConceptBottleneckModel, embeddings: torch.Tensor, threshold: float = 0.95,
+                          block: int = 2048):
     """Pairs of concepts whose scores correlate above ``threshold`` on these images: the model
     cannot tell them apart, so their weights (and any intervention on one) are ambiguous.
     Returns a table: concept_a, concept_b, correlation (sorted, strongest first)."""
@@ -77,10 +78,15 @@ def cooccurrence_warnings(model: ConceptBottleneckModel, embeddings: torch.Tenso
 
     s = model.concept_scores(embeddings)
     s = (s - s.mean(0)) / s.std(0, unbiased=False).clamp_min(1e-8)
-    corr = (s.T @ s) / len(s)
-    i, j = torch.triu_indices(len(corr), len(corr), offset=1)
-    vals = corr[i, j]
-    keep = vals.abs() > threshold
     names = model.concepts.names
-    rows = [(names[a], names[b], float(v)) for a, b, v in zip(i[keep].tolist(), j[keep].tolist(), vals[keep])]
+    rows = []
+    # A block of rows of the (K, K) correlation at a time, keeping only the pairs above the threshold: a DN-CBM
+    # can have 100,000+ latents, whose full matrix would not fit in memory.
+    for start in range(0, s.shape[1], block):
+        corr = (s[:, start:start + block].T @ s) / len(s)  # (b, K)
+        a, b = (corr.abs() > threshold).nonzero(as_tuple=True)
+        a = a + start
+        upper = b > a  # each pair once, not a concept with itself
+        rows += [(names[x], names[y], float(corr[x - start, y]))
+                 for x, y in zip(a[upper].tolist(), b[upper].tolist())]
     return pd.DataFrame(sorted(rows, key=lambda r: -abs(r[2])), columns=["concept_a", "concept_b", "correlation"])
