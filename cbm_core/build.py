@@ -175,8 +175,8 @@ def _complete_store(backbone: Backbone, dataset: ImageDataset):
     from .data.store import FeatureStore, StoreError, default_store_root
 
     root = default_store_root(backbone, dataset)
-    how = (f"write it with `python -m cbm_core extract --backbone {backbone.spec}` and the same data (a run that "
-           f"stops resumes), or build without streaming")
+    how = (f"write it with `python -m cbm_core extract --backbone {backbone.spec}` and this build's --data, --split "
+           f"and --precision (a run that stops resumes; damaged shards are redone), or build without streaming")
     try:
         store = FeatureStore.open(root)
     except StoreError as exc:
@@ -191,11 +191,18 @@ def _complete_store(backbone: Backbone, dataset: ImageDataset):
 
 def _store_rows(store) -> tuple[torch.Tensor, torch.Tensor, tuple]:
     """A store's labels, kept record indices and skipped images, in one pass."""
+    from .data.store import StoreError
+
     labels, kept, skipped = [], [], []
-    for shard in store.iter_shards():
-        labels.append(shard.labels)
-        kept.append(shard.kept)
-        skipped += shard.skipped
+    try:
+        for shard in store.iter_shards():  # every shard verified here, before any fitting
+            labels.append(shard.labels)
+            kept.append(shard.kept)
+            skipped += shard.skipped
+    except StoreError as exc:
+        raise DatasetError(f"The feature store at '{store.root}' cannot be read: {exc} Run the same `python -m "
+                           f"cbm_core extract` again (it redoes damaged or missing shards), or build without "
+                           f"streaming.") from None
     if not labels or not sum(len(x) for x in labels):
         raise DatasetError(f"The feature store at '{store.root}' holds no readable image.")
     return torch.cat(labels), torch.cat(kept), tuple(skipped)

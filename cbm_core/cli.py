@@ -501,7 +501,8 @@ def cmd_extract(args) -> None:
         backbone = load_backbone(args.backbone, device=device, precision=precision)
         t = time.perf_counter()
         store = write_store(backbone, dataset, args.store, engine=engine, address=address,
-                            shard_size=args.shard_size or DEFAULT_SHARD_SIZE, batch_size=args.batch_size,
+                            shard_size=DEFAULT_SHARD_SIZE if args.shard_size is None else args.shard_size,
+                            batch_size=args.batch_size,
                             num_workers=args.workers, num_cpus=args.num_cpus, cache_dir=args.cache_dir,
                             progress_bar=not args.quiet)
         seconds = time.perf_counter() - t

@@ -305,6 +305,12 @@ def test_cli_build_streams_from_the_store_that_extract_wrote(tmp_path, birds, ca
     torch.manual_seed(0)
     with pytest.raises(RecipeError, match="pcbm"):
         build_cbm(load_backbone("tiny-vit:random", device="cpu"), birds, recipe="labo", stream=True)
+    shard = sorted((tmp_path / "cache").rglob("shard-000001.safetensors"))[0]
+    shard.write_bytes(shard.read_bytes()[:-8] + b"damaged!")  # same size, another hash
+    capsys.readouterr()
+    assert run(*build, "--stream", "--out", str(tmp_path / "damaged")) == 2
+    err = capsys.readouterr().err
+    assert "damaged" in err and "extract` again" in err and "Traceback" not in err
 
 
 def test_ray_engine_without_ray_says_how_to_install(monkeypatch, birds, tiny_vit, tmp_path):
@@ -443,3 +449,33 @@ def test_pcbm_from_shards_matches_the_in_memory_fit(train_store, birds, residual
     pa, pb = recipe().path(X, y, X, y, n_points=4), recipe().path(store, store.labels, store, store.labels, n_points=4)
     assert [p.nec for p in pa] == [p.nec for p in pb]
     assert [p.val_accuracy for p in pa] == pytest.approx([p.val_accuracy for p in pb], abs=1e-6)
+
+
+def test_a_store_of_many_shards_keeps_few_files_open_and_reads_the_same_rows(tmp_path, birds, tiny_vit):
+    """Rows taken across 72 one-image shards, none cached in memory: at most MAX_OPEN_MAPS memory maps (file
+    handles) stay open, and every row read equals the in-memory features."""
+    from cbm_core.data.store import MAX_OPEN_MAPS
+
+    write_store(tiny_vit, birds, tmp_path / "s", shard_size=1, batch_size=1, num_workers=0)
+    store = FeatureStore.open(tmp_path / "s", cache_bytes=0)
+    assert store.n_shards == len(birds) > MAX_OPEN_MAPS
+    every = torch.arange(len(store))
+    rows = torch.cat([store.take(every.flip(0)), store.take(every)])
+    assert len(store._maps) <= MAX_OPEN_MAPS
+    whole = store.load(birds).embeddings
+    assert torch.equal(rows, torch.cat([whole.flip(0), whole]))
+
+
+def test_nonsense_store_options_are_refused_before_anything_is_written(tmp_path, birds, tiny_vit, capsys, monkeypatch):
+    from cbm_core.cli import main
+
+    for kwargs, message in (({"shard_size": 20_000_000}, "shard_size"), ({"shard_size": 0}, "shard_size"),
+                            ({"batch_size": -1}, "batch_size"), ({"num_workers": -1}, "num_workers")):
+        with pytest.raises(StoreError, match=message):
+            write_store(tiny_vit, birds, tmp_path / "s", **kwargs)
+        assert not (tmp_path / "s" / "manifest.json").exists()
+    monkeypatch.setenv("CBM_CACHE_DIR", str(tmp_path / "cache"))
+    manifest = Path(birds.records[0].path).parent.parent / "manifest.csv"
+    assert main(["extract", "--backbone", "tiny-vit:random", "--data", str(manifest), "--device", "cpu",
+                 "--workers", "-1", "--quiet"]) == 2
+    assert "num_workers" in capsys.readouterr().err

@@ -61,6 +61,7 @@ MAX_MANIFEST_BYTES = 64 * 1024 * 1024
 MAX_HEADER_BYTES = 64 * 1024 * 1024  # the skipped list (path + reason per image) lives in the header
 MAX_DIM = 65_536
 MAX_SHARD_SIZE = 10_000_000
+MAX_OPEN_MAPS = 32  # memory maps of shards kept open at once (each holds a file handle)
 MAX_RECORDS = 10_000_000_000
 _SHARD_NAME = re.compile(r"^shard-(\d{6,})\.safetensors$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -266,7 +267,15 @@ class FeatureStore:
     def _memmap(self, i: int):
         if i in self._cache:
             return self._cache[i].embeddings.numpy()
-        if i not in self._maps:
+        if i in self._maps:
+            self._maps[i] = self._maps.pop(i)  # most recently used last
+        else:
+            # Each map holds a file handle: keep a few, least recently used out first, so that a store of
+            # thousands of shards never runs into the open-file limit (take() copies the rows it reads).
+            while len(self._maps) >= MAX_OPEN_MAPS:
+                oldest = self._maps.pop(next(iter(self._maps)))
+                if getattr(oldest, "_mmap", None) is not None:
+                    oldest._mmap.close()
             self._maps[i] = self._open_map(i)
         return self._maps[i]
 
@@ -414,7 +423,8 @@ def _verify_shard(path: Path, entry: dict, i: int, start: int, stop: int, dim: i
     where = f"Shard {i} ('{path}')"
     data = _read_bounded(path, entry["bytes"], f"shard {i}")
     if len(data) != entry["bytes"] or hashlib.sha256(data).hexdigest() != entry["sha256"]:
-        raise StoreError(f"{where} is damaged (its size or SHA-256 differs from the manifest); it will be redone.")
+        raise StoreError(f"{where} is damaged (its size or SHA-256 differs from the manifest); writing the store again "
+                         "(`python -m cbm_core extract`, same data) redoes it.")
     header = _header(data, where)
     names = {k for k in header if k != "__metadata__"}
     if names != {"embeddings", "labels", "kept"}:
@@ -579,7 +589,11 @@ def write_store(backbone, dataset, root: str | Path | None = None, *, engine: st
         raise CBMError(f"Unknown engine '{engine}'; use 'inprocess' or 'ray'.")
     if len(dataset) == 0:
         raise DatasetError("The dataset is empty.")
-    batch_size = max(1, int(batch_size))
+    for name, value, high in (("shard_size", shard_size, MAX_SHARD_SIZE), ("batch_size", batch_size, MAX_SHARD_SIZE)):
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
+            raise StoreError(f"{name} must be a whole number from 1 to {high:,}; got {value!r}.")
+    if num_workers is not None and (isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0):
+        raise StoreError(f"num_workers must be a whole number of at least 0; got {num_workers!r}.")
     fp = dataset.fingerprint()
     key = feature_key(backbone, fp)
     root = Path(root) if root is not None else default_store_root(backbone, dataset, cache_dir)
@@ -596,7 +610,7 @@ def write_store(backbone, dataset, root: str | Path | None = None, *, engine: st
             for i in redone:
                 del store.manifest["shards"][str(i)]
         else:
-            size = -(-max(1, int(shard_size)) // batch_size) * batch_size
+            size = min(-(-shard_size // batch_size) * batch_size, MAX_SHARD_SIZE // batch_size * batch_size)
             manifest = {"format": FORMAT, "version": VERSION, "key": key, "backbone": backbone.spec,
                         "backbone_fingerprint": backbone.fingerprint, "precision": backbone.precision,
                         "dataset": dataset.name, "dataset_fingerprint": fp,
