@@ -25,3 +25,16 @@ def write_class_folder(root: Path, per_class: int = 12) -> Path:
         for i in range(per_class):
             shape_image(colour, seed=hash((colour, i)) % 10_000).save(root / colour / f"{i:03d}.png")
     return root
+
+
+def edit_csv_cell(path: Path, row: int, column: str, value: str) -> None:
+    """Rewrite one cell of a CSV manifest in place (a planted bad or blank value)."""
+    import csv
+
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    rows[row][column] = value
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)

@@ -11,7 +11,7 @@ import pytest
 
 from cbm_core.backbone import export_local_dir
 from conftest import TINY_VIT
-from helpers import write_class_folder
+from helpers import edit_csv_cell, write_class_folder
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -254,12 +254,7 @@ def test_evaluate_matches_classes_by_name_in_any_order(tmp_path):
     out = json.loads(run("evaluate", "--bundle", str(DEMO_BUNDLE), "--data", str(manifest), "--device", "cpu",
                          "--quiet").stdout)
     assert out["accuracy"] > 0.6, out  # chance is 1/8
-    rows = list(csv.DictReader(manifest.open()))
-    rows[0]["label"] = "dodo"
-    with manifest.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    edit_csv_cell(manifest, 0, "label", "dodo")
     bad = run("evaluate", "--bundle", str(DEMO_BUNDLE), "--data", str(manifest), "--device", "cpu", "--quiet",
               check=False)
     assert bad.returncode == 2 and "'dodo'" in bad.stderr and "Traceback" not in bad.stderr

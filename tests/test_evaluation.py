@@ -51,13 +51,12 @@ def test_worst_group_counts_every_image_and_a_blank_group_cell_is_a_group(tmp_pa
     """Groups are counted in one pass (many one-image groups stay quick) with the same numbers as a mask per
     group; a CSV row whose group cell is blank joins "(no group)" instead of dropping worst-group accuracy for
     every image."""
-    import csv
-
     from cbm_core.analysis.evaluation import evaluate
     from cbm_core.data.datasets import ImageDataset
     from cbm_core.data.features import NO_GROUP, _with_metadata
     from cbm_core.demo.paths import DEMO_BUNDLE, load_demo_features
     from cbm_core import load_bundle
+    from helpers import edit_csv_cell
 
     model, test = load_bundle(DEMO_BUNDLE), load_demo_features("test")
     m = evaluate(model, test.embeddings, test.labels, test.groups)
@@ -70,12 +69,7 @@ def test_worst_group_counts_every_image_and_a_blank_group_cell_is_a_group(tmp_pa
     from cbm_core.demo.world import export
 
     manifest = export(tmp_path, {"test": 6}, size=32)
-    rows = list(csv.DictReader(manifest.open()))
-    rows[2]["group"] = ""
-    with manifest.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    edit_csv_cell(manifest, 2, "group", "")
     data = ImageDataset.from_csv(manifest)
     feats = _with_metadata(data, torch.zeros(6, 4), torch.zeros(6, dtype=torch.long), torch.arange(6), ())
     assert feats.groups is not None and feats.groups[2] == NO_GROUP and feats.groups.count(NO_GROUP) == 1
