@@ -17,7 +17,7 @@ import torch
 from .backbone import Backbone
 from .core.concepts import ConceptBank, FilterReport, check_templates
 from .data.datasets import ImageDataset
-from .data.features import FeatureSet, _with_metadata, extract_features, feature_key
+from .data.features import FeatureSet, _with_metadata, extract_features, feature_key, require_every_class
 from .data.sources import RowsSource
 from .errors import DatasetError, RecipeError
 from .analysis.evaluation import Metrics, evaluate
@@ -62,14 +62,6 @@ def _holdout_rows(labels: torch.Tensor, classes: Sequence[str], fraction: float 
         val.append(rows[:n_val])
         train.append(rows[n_val:])
     return torch.cat(train).sort().values, torch.cat(val).sort().values
-
-
-def _check_classes_present(labels: torch.Tensor, classes: Sequence[str], what: str) -> None:
-    counts = torch.bincount(labels, minlength=len(classes))
-    empty = [classes[c] for c in range(len(classes)) if int(counts[c]) == 0]
-    if empty:
-        raise DatasetError(f"The {what} images have no readable image of class{'es' * (len(empty) > 1)} "
-                           f"{', '.join(repr(c) for c in empty[:10])}; every class needs images to learn from.")
 
 
 def build_cbm(backbone: Backbone, train: ImageDataset, bank: ConceptBank | None = None, *,
@@ -121,7 +113,7 @@ def build_cbm(backbone: Backbone, train: ImageDataset, bank: ConceptBank | None 
         report("reading the training features' store", 0.0)
         tr_y, tr_kept, skipped = _store_rows(store)
         tr_x, tr_concepts, train_features = store, None, None
-        _check_classes_present(tr_y, train.classes, "training")
+        require_every_class(tr_y, train.classes, "training")
         if val is None:
             rows, held = _holdout_rows(tr_y, train.classes)
             va = _with_metadata(train, store.take(held), tr_y[held], tr_kept[held], ())
@@ -129,7 +121,7 @@ def build_cbm(backbone: Backbone, train: ImageDataset, bank: ConceptBank | None 
     else:
         feats = extract_features(backbone, train, progress=lambda d, t: report("encoding training images", d / t))
         skipped = feats.skipped
-        _check_classes_present(feats.labels, train.classes, "training")
+        require_every_class(feats.labels, train.classes, "training")
         train_features, va = (feats, None) if val is not None else _split_holdout(feats, train.classes)
         tr_x, tr_y, tr_concepts = train_features.embeddings, train_features.labels, train_features.concept_labels
     if val is not None:

@@ -34,12 +34,17 @@ def _dataset(path: str, split: str | None, allow_outside: bool = False):
 
 def _features(backbone, dataset, quiet: bool):
     from .data.features import extract_features
-    from .data.images import printable
 
     feats = extract_features(backbone, dataset, progress_bar=not quiet)
-    for path, reason in feats.skipped:
-        print(f"skipped {printable(path)}: {reason}", file=sys.stderr)  # file names are a stranger's text
+    _report_skipped(feats.skipped)
     return feats
+
+
+def _report_skipped(skipped) -> None:
+    from .data.images import printable
+
+    for path, reason in skipped:
+        print(f"skipped {printable(path)}: {reason}", file=sys.stderr)  # file names are a stranger's text
 
 
 class _StageBars:
@@ -104,8 +109,7 @@ def cmd_build(args) -> None:
         bars.close()
     for name, why in result.removed_concepts.removed:
         print(f"removed concept '{printable(name)}': {why}", file=sys.stderr)
-    for path, reason in result.skipped_images:
-        print(f"skipped {printable(path)}: {reason}", file=sys.stderr)
+    _report_skipped(result.skipped_images)
     for warning in result.model.recipe.get("warnings", []):
         print(f"warning: {warning}", file=sys.stderr)
     out = result.model.save(args.out, overwrite=args.overwrite)
@@ -226,12 +230,9 @@ def cmd_evaluate(args) -> None:
 def _features_for(model, backbone, data, quiet: bool):
     """The dataset's features with labels in the model's class order (matched by name; classes the model lacks
     are refused before encoding)."""
-    from .data.features import in_model_classes
+    from .data.features import class_index, in_model_classes
 
-    unknown = [c for c in data.classes if c not in model.classes]
-    if unknown:
-        raise CBMError(f"The dataset's classes {', '.join(repr(c) for c in unknown[:10])} are not among the model's "
-                       f"classes {list(model.classes)}.")
+    class_index(data.classes, model.classes)  # a class the model lacks is refused now, not after encoding
     return in_model_classes(_features(backbone, data, quiet), data.classes, model.classes)
 
 
@@ -257,7 +258,7 @@ def cmd_compare(args) -> None:
     from .backbone import load_backbone
     from .analysis.comparison import DEFAULT_BASELINES, compare_recipes, stratified_split
     from .core.concepts import ConceptBank, check_templates, load_candidate_pool, load_vocabulary
-    from .data.features import extract_features
+    from .data.features import extract_features, require_every_class
     from .recipes import RecipeInputs, get_recipe
 
     recipes = {get_recipe(name).name: {} for name in (args.recipe or ["pcbm"])}
@@ -287,7 +288,7 @@ def cmd_compare(args) -> None:
                                  for d, s in zip(splits, ("training", "validation", "test"))]
             for part, name in zip((train, val, test), ("training", "validation", "test")):
                 _report_skipped(part.skipped)
-                _require_every_class(part.labels, data.classes, name)
+                require_every_class(part.labels, data.classes, name)
         else:
             feats = extract_features(backbone, data, progress=lambda n, t: bars("encoding images", n / t))
             _report_skipped(feats.skipped)
@@ -310,22 +311,6 @@ def cmd_compare(args) -> None:
     if all(r.error for r in result.rows if r.recipe in recipes):
         raise CBMError("Every recipe you asked to compare failed (reasons above).")
 
-
-def _report_skipped(skipped) -> None:
-    from .data.images import printable
-
-    for path, reason in skipped:
-        print(f"skipped {printable(path)}: {reason}", file=sys.stderr)
-
-
-def _require_every_class(labels, classes, what: str) -> None:
-    import torch
-
-    counts = torch.bincount(labels, minlength=len(classes))
-    missing = [classes[c] for c in range(len(classes)) if int(counts[c]) == 0]
-    if missing:
-        raise CBMError(f"The {what} images have no readable image of {', '.join(repr(m) for m in missing[:10])}; every "
-                       "class needs images to compare on.")
 
 
 def cmd_info(args) -> None:
@@ -471,7 +456,6 @@ def cmd_extract(args) -> None:
     from contextlib import nullcontext
 
     from .backbone import load_backbone
-    from .data.images import printable
     from .data.store import DEFAULT_SHARD_SIZE, write_store
 
     dataset = _dataset(args.data, args.split, args.allow_outside_paths)
@@ -507,8 +491,7 @@ def cmd_extract(args) -> None:
                             progress_bar=not args.quiet)
         seconds = time.perf_counter() - t
     for shard in store.iter_shards():
-        for path, reason in shard.skipped:
-            print(f"skipped {printable(path)}: {reason}", file=sys.stderr)  # file names are a stranger's text
+        _report_skipped(shard.skipped)
     run = store.last_write
     print(json.dumps({"store": str(store.root), "key": store.key, "engine": engine, "images": store.n_records,
                       "encoded_rows": len(store), "skipped": store.n_skipped, "shards": store.n_shards,

@@ -10,6 +10,7 @@ import streamlit as st
 from cbm_core import CBMError, ConceptBank, ImageDataset, extract_features
 from cbm_core.analysis.comparison import DEFAULT_BASELINES, compare_recipes, stratified_split
 from cbm_core.core.concepts import load_candidate_pool, load_vocabulary
+from cbm_core.data.images import printable
 from cbm_core.demo.paths import TOYBIRDS_POOL, TOYBIRDS_VOCABULARY
 from cbm_core.demo.splits import CONCEPT_TEMPLATE, toybirds_features
 from cbm_core.demo.world import CONCEPTS
@@ -135,7 +136,7 @@ if job is not None and job.get("done"):
     if job.get("skipped"):
         with st.expander(f"{len(job['skipped'])} image{'s' * (len(job['skipped']) != 1)} could not be read and were "
                          "left out"):
-            st.dataframe(pd.DataFrame(job["skipped"], columns=["image", "why"]), hide_index=True)
+            st.text("\n".join(f"{printable(path)}: {why}" for path, why in job["skipped"]))  # strangers' file names
     table = pd.DataFrame([{
         "recipe": r.recipe + (" (baseline)" if r.baseline else ""),
         f"test accuracy at NEC ≤ {result.nec:g}": r.at_nec.get("accuracy"),

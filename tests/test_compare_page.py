@@ -12,6 +12,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_compare_page_runs_and_shows_every_recipe_at_matched_nec(tmp_path, monkeypatch):
     monkeypatch.setenv("CBM_CACHE_DIR", str(tmp_path / "cache"))
     data = write_class_folder(tmp_path / "shapes", per_class=10)
+    first_class = sorted(d for d in data.iterdir() if d.is_dir())[0]
+    (first_class / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")  # left out, and said so
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
     at.switch_page("pages/compare.py")
     at.run()
@@ -40,3 +42,5 @@ def test_compare_page_runs_and_shows_every_recipe_at_matched_nec(tmp_path, monke
     assert all(r.error is None for r in result.rows), [r.error for r in result.rows]
     assert next(r for r in result.rows if r.recipe == "pcbm").model.n_concepts == 3
     assert result.n_train + result.n_val + result.n_test == 30
+    assert [Path(p).name for p, _ in job["skipped"]] == ["broken.png"]
+    assert any("1 image could not be read" in e.label for e in at.expander)

@@ -186,9 +186,10 @@ def test_dead_latents_are_dropped_and_reported():
 
 def test_an_sae_with_every_latent_dead_is_an_error():
     X, y = sparse_world(120)
-    with pytest.raises(RecipeError, match="Every SAE latent is dead"):
+    with pytest.raises(RecipeError, match="Every SAE latent is dead") as caught:
         DNCBM.from_inputs(dn_inputs(), expansion=1, sae_l1=100.0, sae_epochs=300, sae_lr=0.05, sae_batch_size=120,
                           resample_every=0).fit(X, y)
+    assert "sae_l1 (100)" in str(caught.value) and "sae_lr (0.05)" in str(caught.value)  # both knobs named
 
 
 def test_fit_model_bundle_round_trip_and_path(fitted, tmp_path):

@@ -39,13 +39,16 @@ class ConceptLayer:
         """embeddings: (..., D) unit norm -> raw concept scores (..., K); differentiable."""
         raise NotImplementedError
 
+    # The (K, D) tensor whose shape is the layer's: K concepts from D-dimensional embeddings.
+    _matrix: ClassVar[str] = "weight"
+
     @property
     def n_concepts(self) -> int:
-        raise NotImplementedError
+        return int(getattr(self, self._matrix).shape[0])
 
     @property
     def embed_dim(self) -> int:
-        raise NotImplementedError
+        return int(getattr(self, self._matrix).shape[1])
 
     def subset(self, keep: Sequence[int]) -> "ConceptLayer":
         """The layer for concepts ``keep`` only (in that order)."""
@@ -93,20 +96,13 @@ class TextCosine(ConceptLayer):
 
     vectors: torch.Tensor
     kind: ClassVar[str] = "text_cosine"
+    _matrix: ClassVar[str] = "vectors"
 
     def __post_init__(self):
         _check_2d("vectors", self.vectors)
 
     def __call__(self, embeddings: torch.Tensor) -> torch.Tensor:
         return embeddings.float() @ self.vectors.to(embeddings.device).float().T
-
-    @property
-    def n_concepts(self) -> int:
-        return int(self.vectors.shape[0])
-
-    @property
-    def embed_dim(self) -> int:
-        return int(self.vectors.shape[1])
 
     def subset(self, keep: Sequence[int]) -> "TextCosine":
         return TextCosine(self.vectors[list(keep)])
@@ -143,14 +139,6 @@ class LinearProjection(ConceptLayer):
         if self.activation == "sigmoid":
             return out.sigmoid()
         return out.relu() if self.activation == "relu" else out
-
-    @property
-    def n_concepts(self) -> int:
-        return int(self.weight.shape[0])
-
-    @property
-    def embed_dim(self) -> int:
-        return int(self.weight.shape[1])
 
     def subset(self, keep: Sequence[int]) -> "LinearProjection":
         keep = list(keep)
@@ -194,14 +182,6 @@ class SparseAutoencoderEncoder(ConceptLayer):
         dev = embeddings.device
         centred = embeddings.float() - self.input_bias.to(dev).float()
         return (centred @ self.weight.to(dev).float().T + self.bias.to(dev).float()).relu()
-
-    @property
-    def n_concepts(self) -> int:
-        return int(self.weight.shape[0])
-
-    @property
-    def embed_dim(self) -> int:
-        return int(self.weight.shape[1])
 
     def subset(self, keep: Sequence[int]) -> "SparseAutoencoderEncoder":
         keep = list(keep)

@@ -241,15 +241,29 @@ def in_model_classes(feats: FeatureSet, classes: Sequence[str], model_classes: S
     A ``DatasetError`` names the dataset's classes the model does not have."""
     import dataclasses
 
-    classes, model_classes = tuple(classes), tuple(model_classes)
-    if classes == model_classes:
+    if tuple(classes) == tuple(model_classes):
         return feats
+    return dataclasses.replace(feats, labels=class_index(classes, model_classes)[feats.labels])
+
+
+def class_index(classes: Sequence[str], model_classes: Sequence[str]) -> torch.Tensor:
+    """(len(classes),) the model's index of each of the dataset's classes, by name; a ``DatasetError`` names the
+    ones the model does not have."""
+    model_classes = tuple(model_classes)
     unknown = [c for c in classes if c not in model_classes]
     if unknown:
         raise DatasetError(f"The dataset's class{'es' * (len(unknown) > 1)} {', '.join(repr(c) for c in unknown[:10])} "
                            f"{'are' if len(unknown) > 1 else 'is'} not among the model's classes {list(model_classes)}.")
-    mapping = torch.tensor([model_classes.index(c) for c in classes], dtype=torch.long)
-    return dataclasses.replace(feats, labels=mapping[feats.labels])
+    return torch.tensor([model_classes.index(c) for c in classes], dtype=torch.long)
+
+
+def require_every_class(labels: torch.Tensor, classes: Sequence[str], what: str) -> None:
+    """A ``DatasetError`` unless every class has a readable image among ``labels`` (the ``what`` images)."""
+    counts = torch.bincount(torch.as_tensor(labels), minlength=len(classes))
+    empty = [classes[c] for c in range(len(classes)) if int(counts[c]) == 0]
+    if empty:
+        raise DatasetError(f"The {what} images have no readable image of class{'es' * (len(empty) > 1)} "
+                           f"{', '.join(repr(c) for c in empty[:10])}; every class needs images to learn from.")
 
 
 NO_GROUP = "(no group)"  # the group of an image whose CSV row leaves the group column blank
